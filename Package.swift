@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Modules that sit on C callbacks and threads use the Swift 5 language mode; the pure
+// protocol core and the simulator are strict Swift 6.
+let swift5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "twinfs",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "twinfs", targets: ["twinfs"]),
+        .executable(name: "twinfs-sim", targets: ["twinfs-sim"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "CLinuxShims"),
+        .target(name: "MirrorCore"),
+        .target(name: "TwinStore", dependencies: ["CSQLite", "CLinuxShims"], swiftSettings: swift5),
+        .target(name: "TwinNode", dependencies: ["TwinStore", "MirrorCore", "CLinuxShims"], swiftSettings: swift5),
+        .target(name: "TwinFUSE", dependencies: ["CFuse3", "CLinuxShims", "TwinNode", "TwinStore"], swiftSettings: swift5),
+        .target(name: "TwinSim", dependencies: ["MirrorCore"]),
+        .executableTarget(
+            name: "twinfs",
+            dependencies: [
+                "TwinFUSE", "TwinNode", "TwinStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swift5),
+        .executableTarget(
+            name: "twinfs-sim",
+            dependencies: ["TwinSim", "MirrorCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore"]),
+        .testTarget(name: "TwinSimTests", dependencies: ["TwinSim", "MirrorCore"]),
+        .testTarget(name: "TwinStoreTests", dependencies: ["TwinStore"], swiftSettings: swift5),
+        .testTarget(name: "TwinIntegrationTests", dependencies: ["TwinStore"], swiftSettings: swift5),
+    ]
+)

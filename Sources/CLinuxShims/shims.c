@@ -1,0 +1,30 @@
+#define _GNU_SOURCE
+#include "CLinuxShims.h"
+#include <fcntl.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <linux/fs.h>
+#include <linux/falloc.h>
+#include <sys/xattr.h>
+
+const int twin_O_PATH = O_PATH;
+const int twin_O_DIRECT = O_DIRECT;
+const int twin_O_NOATIME = O_NOATIME;
+const int twin_SEEK_DATA = SEEK_DATA;
+const int twin_SEEK_HOLE = SEEK_HOLE;
+const long twin_UTIME_NOW = UTIME_NOW;
+const long twin_UTIME_OMIT = UTIME_OMIT;
+const unsigned twin_RENAME_NOREPLACE = RENAME_NOREPLACE;
+const unsigned twin_RENAME_EXCHANGE = RENAME_EXCHANGE;
+const unsigned twin_RENAME_WHITEOUT = RENAME_WHITEOUT;
+const int twin_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
+const int twin_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
+const int twin_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
+const int twin_XATTR_CREATE = XATTR_CREATE;
+const int twin_XATTR_REPLACE = XATTR_REPLACE;
+
+int twin_fallocate(int fd, int mode, off_t offset, off_t len) { return fallocate(fd, mode, offset, len); }
+int twin_syncfs(int fd) { return syncfs(fd); }
+int twin_fdatasync(int fd) { return fdatasync(fd); }
+int twin_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

@@ -1,0 +1,2 @@
+// CSQLite: the SQLite C API (Debian libsqlite3-dev).
+#include <sqlite3.h>

@@ -1,0 +1,1 @@
+// MirrorCore: placeholder until its first real file lands.

@@ -1,0 +1,1 @@
+// TwinFUSE: placeholder until its first real file lands.

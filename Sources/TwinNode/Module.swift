@@ -1,0 +1,1 @@
+// TwinNode: placeholder until its first real file lands.

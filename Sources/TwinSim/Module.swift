@@ -1,0 +1,1 @@
+// TwinSim: placeholder until its first real file lands.

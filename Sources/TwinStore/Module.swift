@@ -1,0 +1,1 @@
+// TwinStore: placeholder until its first real file lands.

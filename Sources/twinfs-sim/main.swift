@@ -1,0 +1,1 @@
+print("twinfs-sim")

@@ -1,1 +1,0 @@
-// MirrorCore: placeholder until its first real file lands.

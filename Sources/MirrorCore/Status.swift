@@ -1,0 +1,59 @@
+// MirrorCore — introspection for the simulator, tests and `twinfs status`.
+// Owns: read-only views of the core's state and its counters.
+// Must never: be needed for correctness; nothing here feeds back into decisions.
+
+/// The write token of one location as this node sees it. MOS and MOOS are exclusive by construction.
+public enum TokenState: UInt8, Hashable, Sendable {
+    case none = 0
+    /// Maybe-out-of-sync: the peer may hold newer data (it holds, or held, the token).
+    case moos = 1
+    /// Marked-on-secondary: this node holds the token and may write without asking.
+    case mos = 2
+}
+
+public struct LocationState: Hashable, Sendable, CustomStringConvertible {
+    public var token: TokenState
+    /// This node holds data for the location that the peer has not acknowledged.
+    public var outOfSync: Bool
+    public init(token: TokenState, outOfSync: Bool) { self.token = token; self.outOfSync = outOfSync }
+    public var description: String { "\(token)\(outOfSync ? "+oos" : "")" }
+}
+
+public struct MirrorCounters: Hashable, Sendable {
+    public var marksSent = 0
+    public var locationsMarked = 0
+    public var locationsPredicted = 0
+    public var marksReceived = 0
+    public var marksRefused = 0
+    public var pullsSent = 0
+    public var pullAnswersData = 0
+    public var pullAnswersInSync = 0
+    public var prefetchesSent = 0
+    public var pushesSent = 0
+    public var acksReceived = 0
+    public var staleAcksIgnored = 0
+    public var stalePushesIgnored = 0
+    public var releasesSent = 0
+    public var releasesReceived = 0
+    /// Operations granted, and how many of them had to wait for at least one message from the peer.
+    public var operationsGranted = 0
+    public var operationsWithRoundTrip = 0
+    /// Total network waits summed over operations (a mark and a pull for one operation count two).
+    public var roundTrips = 0
+    public var operationsFailed = 0
+    public var handshakes = 0
+    public init() {}
+}
+
+public struct MirrorStatus: Hashable, Sendable {
+    public var oosCount: Int
+    public var moosCount: Int
+    public var mosCount: Int
+    /// Upper bound of the age of the oldest out-of-sync location: ticks since OOS last went from empty to non-empty.
+    public var oldestOOSAgeTicks: Tick
+    public var connected: Bool
+    public var activeOperations: Int
+    public var inFlightPushes: Int
+    public var pendingFlushes: Int
+    public var counters: MirrorCounters
+}

@@ -119,7 +119,9 @@ enum Commands {
     @discardableResult
     static func sh(_ script: String, as user: (uid: uid_t, gid: gid_t)? = nil, cwd: String? = nil, home: String = "/tmp",
                    timeoutSeconds: Double = 300) -> CommandResult {
-        var argv = ["/bin/bash", "-c", "set -euo pipefail\n" + script]
+        // The ERR trap names the command that failed, since `[ ... ]` checks fail silently otherwise.
+        let prelude = "set -Eeuo pipefail\ntrap 'echo \"script failed at: $BASH_COMMAND (exit $?)\" >&2' ERR\n"
+        var argv = ["/bin/bash", "-c", prelude + script]
         if let user {
             argv = ["/usr/bin/setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups", "--"] + argv
         }

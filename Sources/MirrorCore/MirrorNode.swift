@@ -5,35 +5,1051 @@
 /// One node's protocol core. Feed it events with `step`; execute the returned actions in order.
 public final class MirrorNode {
     public let config: MirrorConfig
+    var rules: ProtocolRules { config.rules }
     var prediction: any PredictionPolicy
+
+    // MARK: state
+
+    var bits = LocationBits()
+    var now: Tick = 0
+    /// Lamport counter; every version this node stamps is <= `clockReserved`, which is durable.
+    var clock: UInt64 = 0
+    var clockReserved: UInt64 = 0
+    var reservationInFlight: (value: UInt64, token: UInt64)?
+    var incarnation: UInt64 = 0
+
+    var connected = false
+    var epoch: UInt64 = 0
+    var peerHello: Hello?
+
+    var nextTokenRaw: UInt64 = 0
+    /// Highest persist token known durable (persistDone covers every earlier persist).
+    var durableToken: UInt64 = 0
+    var lastPersistToken: UInt64 = 0
+    /// Locations whose persisted state changed since the last persist action.
+    var dirty: [Location] = []
+    var wantReservation: UInt64?
+    /// Superset written for a pending mark: a write under the token waits until this persist is durable.
+    var supersetPending: [Location: UInt64] = [:]
+
+    var ops: [OperationID: Op] = [:]
+    var locks: [Location: Lock] = [:]
+    var netWaiters: [Location: [OperationID]] = [:]
+    var durableWaiters: [OperationID] = []
+
+    var outMarks: [UInt64: OutMark] = [:]
+    var markOf: [Location: UInt64] = [:]
+    var nextMarkID: UInt64 = 1
+    var pulls: Set<Location> = []
+    /// MOS acquired without the peer's possibly newer data, for a full overwrite by `takeoverFor[L]` (hazard 6).
+    var takeover: [Location: OperationID] = [:]
+    var takeoverRequested: [Location: OperationID] = [:]
+
+    var reads: [UInt64: PendingRead] = [:]
+    var writes: [UInt64: PendingWrite] = [:]
+    var receiving: [Location: Int] = [:]
+    var inFlight: [Location: Sent] = [:]
+    var pushesInFlight = 0
+    var pushQueue = InodeQueue()
+    var lastPumpTick: Tick = 0
+
+    var deferred: [Location: [Deferred]] = [:]
+    var replies: [UInt64: PendingReply] = [:]
+    var nextReplyKey: UInt64 = 0
+
+    var flushes: [FlushID: Flush] = [:]
+    var flushNeeds: [Location: Int] = [:]
+
+    var hot: Set<Location> = []
+    var hotPrevious: Set<Location> = []
+    var hotRotatedAt: Tick = 0
+    var releaseScan: [UInt64] = []
+
+    var oosNonEmptySince: Tick = 0
+    var restoredSuperset = false
+    var nextWake: Tick?
+    var counters = MirrorCounters()
+    /// Actions of the current step (swapped with the caller's buffer).
+    var out: [Action] = []
+
+    // MARK: internal records
+
+    struct Op {
+        enum Phase { case lockWait, netWait, durableWait, granted }
+        let id: OperationID
+        var items: [AccessItem]
+        var hint: PredictionHint
+        var index = 0
+        var holdsCurrent = false
+        var phase = Phase.lockWait
+        var startTick: Tick
+        var waitedOn: Location?
+        var roundTrips = 0
+    }
+    struct Lock {
+        var holders: [OperationID] = []
+        var exclusive = false
+        var waiters: [OperationID] = []
+    }
+    struct OutMark {
+        var items: [MarkItem]
+        var remaining: Int
+    }
+    enum PendingRead {
+        case push(Location, epoch: UInt64)
+        case answer(Location, prefetched: Bool, epoch: UInt64)
+        case markData(Location, reply: UInt64, epoch: UInt64)
+    }
+    enum WriteKind { case answer, push(durable: Bool), markData(markID: UInt64) }
+    struct PendingWrite { var location: Location; var version: Version; var kind: WriteKind }
+    /// Data sent to the peer and not yet acknowledged.
+    struct Sent {
+        var lastSent: Version?
+        var rewritten = false
+        var reading = 0
+        var pushing = false
+    }
+    enum Deferred { case pull, mark(id: UInt64, item: MarkItem) }
+    struct PendingReply {
+        var id: UInt64
+        var granted: [MarkGrant] = []
+        var refused: [Location] = []
+        var persistToken: UInt64 = 0
+        var readsOutstanding = 0
+        var epoch: UInt64
+    }
+    struct Flush { var need: Set<Location>; var start: Tick }
+
+    // MARK: public surface
 
     /// - Parameter recovered: durable state found at start (use `.empty` for a fresh volume).
     public init(config: MirrorConfig, prediction: any PredictionPolicy = StandardPrediction(),
                 recovered: RecoveredState = .empty) {
         self.config = config
         self.prediction = prediction
+        recover(recovered)
     }
 
     /// Processes one event and returns the actions to execute, in order.
     public func step(_ event: Event) -> [Action] {
-        var out: [Action] = []
-        step(event, into: &out)
-        return out
+        var buf: [Action] = []
+        step(event, into: &buf)
+        return buf
     }
 
-    /// Same as `step(_:)`, appending to a caller-owned buffer (no allocation per event).
-    public func step(_ event: Event, into out: inout [Action]) {
+    /// Same as `step(_:)`, appending to a caller-owned buffer (no allocation per event once it has grown).
+    public func step(_ event: Event, into buffer: inout [Action]) {
+        swap(&out, &buffer)
+        defer { swap(&out, &buffer) }
+        switch event {
+        case .operationRequested(let r): requestOperation(r)
+        case .operationFinished(let id, let unwritten): finishOperation(id, unwritten: unwritten)
+        case .flushRequested(let id, let locs): requestFlush(id, locs)
+        case .received(let m): if connected { receive(m) }
+        case .connectionUp(let e): connectionUp(e)
+        case .connectionDown: connectionDown()
+        case .tick(let t): tick(t)
+        case .persistDone(let t): persistDone(t.raw)
+        case .storeReadDone(let t, let p, let v): readDone(t.raw, p, v)
+        case .storeWriteDone(let t, let stored): writeDone(t.raw, stored)
+        case .restarted(let r): restart(r)
+        }
+        if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks) { pumpPushes() }
+        flushPersist()
     }
 
     /// The token and OOS bit of one location.
-    public func state(of location: Location) -> LocationState { LocationState(token: .none, outOfSync: false) }
+    public func state(of location: Location) -> LocationState { bits.state(location) }
 
     /// Counts, ages and counters.
     public var status: MirrorStatus {
-        MirrorStatus(oosCount: 0, moosCount: 0, mosCount: 0, oldestOOSAgeTicks: 0, connected: false,
-                     activeOperations: 0, inFlightPushes: 0, pendingFlushes: 0, counters: MirrorCounters())
+        MirrorStatus(oosCount: bits.oosCount, moosCount: bits.moosCount, mosCount: bits.mosCount,
+                     oldestOOSAgeTicks: bits.oosCount == 0 ? 0 : now &- oosNonEmptySince, connected: connected,
+                     activeOperations: ops.count, inFlightPushes: pushesInFlight, pendingFlushes: flushes.count,
+                     counters: counters)
     }
 
-    /// Full consistency check of the internal state (O(state)); returns descriptions of violations, empty if sound.
-    public func checkInvariants() -> [String] { [] }
+    /// Bytes held by the dense bitmaps (the bulk; small dictionaries for in-flight state come on top).
+    public var bitmapBytes: Int { bits.wordBytes }
+
+    // MARK: persistence helpers
+
+    func newToken() -> UInt64 { nextTokenRaw += 1; return nextTokenRaw }
+
+    /// The durable 2-bit state a location must have, derived from the volatile state (PROTOCOL.md "Persisted state").
+    func persisted(_ l: Location) -> PersistedState {
+        switch bits.token(l) {
+        case .mos: return takeover[l] != nil ? .contested : .held
+        case .moos: return (bits.oos(l) || markOf[l] != nil) ? .contested : .moos
+        case .none: return (bits.oos(l) || markOf[l] != nil) ? .held : .none
+        }
+    }
+
+    @inline(__always) func touch(_ l: Location, _ before: PersistedState) {
+        if persisted(l) != before { dirty.append(l) }
+    }
+
+    /// Emits the pending persist batch now; returns a token whose durability covers every change so far.
+    @discardableResult
+    func flushPersist() -> UInt64 {
+        if dirty.isEmpty && wantReservation == nil { return lastPersistToken }
+        let t = newToken()
+        var entries: [PersistEntry] = []
+        entries.reserveCapacity(dirty.count)
+        for l in dirty { entries.append(PersistEntry(l, persisted(l))) }
+        dirty.removeAll(keepingCapacity: true)
+        if let r = wantReservation { reservationInFlight = (r, t); wantReservation = nil }
+        out.append(.persist(CompletionToken(t), PersistBatch(entries: entries, clockReservation: reservationInFlight?.token == t ? reservationInFlight!.value : nil)))
+        lastPersistToken = t
+        return t
+    }
+
+    func reserveClock() {
+        guard reservationInFlight == nil && wantReservation == nil else { return }
+        wantReservation = max(clock, clockReserved) + config.clockReservationStep
+    }
+
+    func observe(clock c: UInt64) { if c > clock { clock = c } }
+
+    // MARK: bit changes with bookkeeping
+
+    func setOOS(_ l: Location, _ v: Bool) {
+        let wasEmpty = bits.oosCount == 0
+        if bits.setOOS(l, v) == v { return }
+        if v {
+            if wasEmpty { oosNonEmptySince = now }
+            pushQueue.insert(l.ino)
+        }
+    }
+
+    func enqueuePush(_ l: Location) {
+        if l.slot < bits.pushCursor(l.ino) { bits.setPushCursor(l.ino, l.slot) }
+        pushQueue.insert(l.ino)
+    }
+
+    // MARK: local operations
+
+    func requestOperation(_ r: OperationRequest) {
+        precondition(ops[r.id] == nil, "operation id reused while live")
+        var items = r.items
+        items.sort { $0.location < $1.location }
+        var merged: [AccessItem] = []
+        merged.reserveCapacity(items.count)
+        for it in items {
+            if let last = merged.last, last.location == it.location {
+                // Any mix of accesses needs the current data and the token: a partial write.
+                if last.access != it.access { merged[merged.count - 1].access = .writePartial }
+            } else { merged.append(it) }
+        }
+        ops[r.id] = Op(id: r.id, items: merged, hint: r.hint, startTick: now)
+        requestEarly(r.id)
+        advance(r.id)
+    }
+
+    /// Asks the peer for every location the operation lacks, in one mark and one pull, before acquiring in order:
+    /// a write spanning tracks and the inode costs one round trip, not one per location.
+    func requestEarly(_ id: OperationID) {
+        guard let op = ops[id] else { return }
+        var pullNeed: [Location] = []
+        var markNeed: [AccessItem] = []
+        for it in op.items {
+            let tok = bits.token(it.location)
+            if it.access.isWrite {
+                if tok != .mos && markOf[it.location] == nil { markNeed.append(it) }
+            } else if tok == .moos && !pulls.contains(it.location) {
+                pullNeed.append(it.location)
+            }
+        }
+        if !markNeed.isEmpty { sendMark(markNeed, hint: op.hint, for: id) }
+        if !pullNeed.isEmpty { sendPull(pullNeed) }
+    }
+
+    func ready(_ l: Location, _ access: Access) -> Bool {
+        if let n = receiving[l], n > 0 { return false }
+        let tok = bits.token(l)
+        switch access {
+        case .read: return tok != .moos && takeover[l] == nil
+        case .writePartial: return tok == .mos && takeover[l] == nil
+        case .writeFull: return tok == .mos
+        }
+    }
+
+    func canLock(_ l: Location, _ access: Access) -> Bool {
+        guard let lk = locks[l] else { return true }
+        if !lk.waiters.isEmpty { return false }
+        if lk.holders.isEmpty { return true }
+        return !access.isWrite && !lk.exclusive
+    }
+
+    func takeLock(_ l: Location, _ id: OperationID, _ access: Access) {
+        locks[l, default: Lock()].holders.append(id)
+        if access.isWrite { locks[l]!.exclusive = true }
+    }
+
+    /// Acquires the operation's locations in global order; grants when all are held and ready.
+    func advance(_ id: OperationID) {
+        guard var op = ops[id], op.phase != .granted else { return }
+        while op.index < op.items.count {
+            let it = op.items[op.index]
+            let l = it.location
+            if let owner = takeover[l], owner != id { revokeTakeover(l) }
+            if !op.holdsCurrent {
+                guard canLock(l, it.access) else {
+                    locks[l, default: Lock()].waiters.append(id)
+                    op.phase = .lockWait
+                    ops[id] = op
+                    return
+                }
+                takeLock(l, id, it.access)
+                op.holdsCurrent = true
+            }
+            if ready(l, it.access) {
+                op.index += 1
+                op.holdsCurrent = false
+                continue
+            }
+            // Not ready: make sure a request is pending, then wait while holding only locations before `l`.
+            if it.access.isWrite {
+                if markOf[l] == nil && bits.token(l) != .mos { sendMark([it], hint: op.hint, for: id) }
+            } else if bits.token(l) == .moos && !pulls.contains(l) {
+                sendPull([l])
+            }
+            if op.waitedOn != l { op.waitedOn = l; op.roundTrips += 1 }
+            if op.phase != .netWait {
+                op.phase = .netWait
+                scheduleWake(op.startTick &+ config.peerTimeoutTicks)
+            }
+            netWaiters[l, default: []].append(id)
+            ops[id] = op
+            return
+        }
+        ops[id] = op
+        tryGrant(id)
+    }
+
+    func tryGrant(_ id: OperationID) {
+        guard var op = ops[id] else { return }
+        var waiting = false
+        var writes = false
+        for it in op.items where it.access.isWrite {
+            writes = true
+            if let t = supersetPending[it.location] {
+                if durableToken >= t { supersetPending[it.location] = nil } else { waiting = true }
+            }
+        }
+        if writes && clock &+ 1 > clockReserved {
+            reserveClock()
+            waiting = true
+        }
+        if waiting {
+            if op.phase != .durableWait { op.phase = .durableWait; durableWaiters.append(id) }
+            ops[id] = op
+            return
+        }
+        var stamps: [Stamp] = []
+        if writes {
+            clock += 1
+            let v = Version(counter: clock, node: config.node)
+            stamps.reserveCapacity(op.items.count)
+            for it in op.items where it.access.isWrite {
+                // Paired with `ready`: a write is granted only under the token, a read only without MOOS.
+                assert(bits.token(it.location) == .mos, "write granted without MOS")
+                stamps.append(Stamp(it.location, v))
+            }
+            if clock &+ config.clockReservationStep / 2 > clockReserved { reserveClock() }
+        }
+        for it in op.items {
+            assert(it.access.isWrite || bits.token(it.location) != .moos, "read granted under MOOS")
+            if config.release.enabled { hot.insert(it.location) }
+        }
+        op.phase = .granted
+        ops[id] = op
+        counters.operationsGranted += 1
+        if op.roundTrips > 0 { counters.operationsWithRoundTrip += 1; counters.roundTrips += op.roundTrips }
+        out.append(.grant(id, stamps: stamps))
+    }
+
+    func finishOperation(_ id: OperationID, unwritten: [Location]) {
+        guard let op = ops[id], op.phase == .granted else { return }
+        for it in op.items where it.access.isWrite {
+            let l = it.location
+            let before = persisted(l)
+            if unwritten.contains(l) {
+                if takeover[l] != nil { takeover[l] = nil; bits.setToken(l, .moos); wake(l) }
+            } else {
+                takeover[l] = nil
+                setOOS(l, true)
+                if inFlight[l] != nil { inFlight[l]!.rewritten = true }
+                enqueuePush(l)
+            }
+            touch(l, before)
+        }
+        endOperation(op)
+        for it in op.items where it.access.isWrite { wake(it.location) }
+    }
+
+    /// Drops the operation and its locks (granted or not), then serves what waited on those locks.
+    func endOperation(_ op: Op) {
+        ops[op.id] = nil
+        for (l, t) in takeoverRequested where t == op.id { takeoverRequested[l] = nil }
+        if op.phase != .granted {
+            for it in op.items where takeover[it.location] == op.id {
+                // The full overwrite never happened: our copy may be older than the peer's (hazard 6).
+                let before = persisted(it.location)
+                takeover[it.location] = nil
+                bits.setToken(it.location, .moos)
+                touch(it.location, before)
+            }
+        }
+        var released: [Location] = []
+        let heldCount = op.index + (op.holdsCurrent ? 1 : 0)
+        for i in 0..<heldCount {
+            let l = op.items[i].location
+            guard var lk = locks[l] else { continue }
+            lk.holders.removeAll { $0 == op.id }
+            if lk.holders.isEmpty { lk.exclusive = false }
+            locks[l] = lk
+            released.append(l)
+        }
+        if op.phase == .lockWait && op.index < op.items.count {
+            let l = op.items[op.index].location
+            locks[l]?.waiters.removeAll { $0 == op.id }
+            released.append(l)
+        }
+        for l in released { afterUnlock(l) }
+    }
+
+    /// Peer requests that waited for a location come first (so two nodes alternate instead of one starving), then
+    /// local operations queued on the lock.
+    func afterUnlock(_ l: Location) {
+        if let ds = deferred[l], !blocked(l) {
+            deferred[l] = nil
+            for d in ds {
+                switch d {
+                case .pull: answerPull(l, prefetched: false)
+                case .mark(let id, let item):
+                    var reply = PendingReply(id: id, epoch: epoch)
+                    grantOrRefuse(item, &reply)
+                    finishReply(reply)
+                }
+            }
+        }
+        guard var lk = locks[l] else { return }
+        if lk.holders.isEmpty && lk.waiters.isEmpty { locks[l] = nil; return }
+        var woken: [OperationID] = []
+        while let w = lk.waiters.first, let op = ops[w] {
+            let acc = op.items[op.index].access
+            if acc.isWrite {
+                guard lk.holders.isEmpty else { break }
+                lk.waiters.removeFirst(); lk.holders.append(w); lk.exclusive = true; woken.append(w)
+                break
+            }
+            guard !lk.exclusive else { break }
+            lk.waiters.removeFirst(); lk.holders.append(w); woken.append(w)
+        }
+        lk.waiters.removeAll { ops[$0] == nil }
+        locks[l] = lk
+        for w in woken {
+            ops[w]?.holdsCurrent = true
+            advance(w)
+        }
+    }
+
+    /// A location is blocked for the peer while a local operation holds it and is past it (granted, waiting for
+    /// durability, or acquiring a later location). An operation waiting for this very location does not block:
+    /// that is the tie-break case, and waiting there must never stop us answering (hazard 5).
+    func blocked(_ l: Location) -> Bool {
+        guard let lk = locks[l] else { return false }
+        for h in lk.holders {
+            guard let op = ops[h] else { continue }
+            if op.phase == .granted || op.phase == .durableWait { return true }
+            if op.index < op.items.count && op.items[op.index].location != l { return true }
+        }
+        return false
+    }
+
+    /// Another operation needs a location granted for someone else's full overwrite: the copy is possibly stale, so
+    /// the location goes back to MOOS and follows the normal paths.
+    func revokeTakeover(_ l: Location) {
+        let before = persisted(l)
+        takeover[l] = nil
+        bits.setToken(l, .moos)
+        touch(l, before)
+    }
+
+    func wake(_ l: Location) {
+        guard let ws = netWaiters.removeValue(forKey: l) else { return }
+        for w in ws where ops[w]?.phase == .netWait { advance(w) }
+    }
+
+    func scheduleWake(_ t: Tick) {
+        if let n = nextWake, n > now, n <= t { return }
+        nextWake = t
+        out.append(.wakeAt(t))
+    }
+
+    func fail(_ id: OperationID, _ e: OperationError) {
+        guard let op = ops[id] else { return }
+        counters.operationsFailed += 1
+        out.append(.fail(id, e))
+        endOperation(op)
+    }
+
+    // MARK: outgoing requests
+
+    func sendMark(_ need: [AccessItem], hint: PredictionHint, for op: OperationID) {
+        var items: [MarkItem] = []
+        for it in need where markOf[it.location] == nil && bits.token(it.location) != .mos {
+            let moos = bits.token(it.location) == .moos
+            items.append(MarkItem(location: it.location, needData: moos && it.access != .writeFull, predicted: false))
+            if moos && it.access == .writeFull { takeoverRequested[it.location] = op }
+        }
+        if items.isEmpty { return }
+        var suggested: [Location] = []
+        prediction.predict(needed: items.map(\.location), hint: hint, into: &suggested)
+        if !suggested.isEmpty {
+            var seen = Set(items.map(\.location))
+            for s in suggested where items.count < config.maxMarkItems {
+                guard !seen.contains(s), bits.token(s) == .none, markOf[s] == nil, locks[s] == nil,
+                      receiving[s] == nil else { continue }
+                seen.insert(s)
+                items.append(MarkItem(location: s, needData: false, predicted: true))
+                counters.locationsPredicted += 1
+            }
+        }
+        let id = nextMarkID
+        nextMarkID += 1
+        for it in items {
+            let before = persisted(it.location)
+            markOf[it.location] = id
+            touch(it.location, before)
+        }
+        if rules.persistSupersetBeforeWrite {
+            // The superset is persisted while the mark travels: no added latency, and it is durable before the
+            // first write under the new token (hazard 7).
+            let t = flushPersist()
+            for it in items { supersetPending[it.location] = t }
+        }
+        outMarks[id] = OutMark(items: items, remaining: items.count)
+        counters.marksSent += 1
+        counters.locationsMarked += items.count
+        if connected { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
+    }
+
+    func sendPull(_ locs: [Location]) {
+        for l in locs { pulls.insert(l) }
+        counters.pullsSent += 1
+        if connected { out.append(.send(.pull(Pull(locations: locs)))) }
+    }
+
+    // MARK: messages
+
+    func receive(_ m: Message) {
+        switch m {
+        case .hello(let h):
+            peerHello = h
+            observe(clock: h.clock)
+            counters.handshakes += 1
+        case .mark(let mk): receiveMark(mk)
+        case .markReply(let r): receiveMarkReply(r)
+        case .pull(let p):
+            for l in p.locations {
+                if blocked(l) { deferred[l, default: []].append(.pull) } else { answerPull(l, prefetched: false) }
+            }
+        case .pullAnswer(let a): receiveAnswer(a)
+        case .ack(let r): receiveAck(r)
+        case .push(let p):
+            observe(clock: p.version.counter)
+            let t = newToken()
+            writes[t] = PendingWrite(location: p.location, version: p.version, kind: .push(durable: p.durable))
+            receiving[p.location, default: 0] += 1
+            out.append(.storeWrite(CompletionToken(t), p.location, p.payload, p.version,
+                                   onlyIfNewer: rules.ignoreStalePushes, sync: p.durable))
+        case .release(let r):
+            counters.releasesReceived += r.locations.count
+            for l in r.locations where bits.token(l) == .moos {
+                let before = persisted(l)
+                bits.setToken(l, .none)
+                touch(l, before)
+                wake(l)
+            }
+        }
+    }
+
+    func receiveMark(_ m: Mark) {
+        counters.marksReceived += 1
+        observe(clock: m.clock)
+        var reply = PendingReply(id: m.id, epoch: epoch)
+        for item in m.items {
+            if blocked(item.location) {
+                deferred[item.location, default: []].append(.mark(id: m.id, item: item))
+            } else {
+                grantOrRefuse(item, &reply)
+            }
+        }
+        finishReply(reply)
+    }
+
+    /// Hazard 1: if both nodes have a mark for `l` outstanding, the lower node id wins; the other grants, and its
+    /// own mark comes back refused (it then holds MOOS and retries through the pull path).
+    func grantOrRefuse(_ item: MarkItem, _ reply: inout PendingReply) {
+        let l = item.location
+        if rules.tieBreakConcurrentMarks, markOf[l] != nil, config.node < config.peer {
+            reply.refused.append(l)
+            return
+        }
+        let before = persisted(l)
+        // Giving the token away: from now on this node must pull before serving l (MOOS), and it keeps OOS until
+        // the peer acknowledges our data (the location becomes contested if OOS is set).
+        takeover[l] = nil
+        bits.setToken(l, .moos)
+        touch(l, before)
+        if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
+        if item.needData && bits.oos(l) {
+            let t = newToken()
+            reads[t] = .markData(l, reply: nextReplyKey, epoch: epoch)
+            beginSend(l)
+            reply.readsOutstanding += 1
+            out.append(.storeRead(CompletionToken(t), l))
+        } else {
+            reply.granted.append(MarkGrant(location: l))
+        }
+    }
+
+    /// Sends the reply once MOOS is durable (hazard 7) and requested data are read.
+    func finishReply(_ reply: PendingReply) {
+        guard !reply.granted.isEmpty || !reply.refused.isEmpty || reply.readsOutstanding > 0 else { return }
+        var r = reply
+        r.persistToken = flushPersist()
+        let key = nextReplyKey
+        nextReplyKey += 1
+        if replyReady(r) { sendReply(r) } else { replies[key] = r }
+    }
+
+    func replyReady(_ r: PendingReply) -> Bool {
+        r.readsOutstanding == 0 && (!rules.persistMOOSBeforeAck || durableToken >= r.persistToken)
+    }
+
+    func sendReply(_ r: PendingReply) {
+        guard connected && r.epoch == epoch else { return }
+        if !r.refused.isEmpty { counters.marksRefused += r.refused.count }
+        out.append(.send(.markReply(MarkReply(id: r.id, granted: r.granted, refused: r.refused, clock: clock))))
+    }
+
+    func flushReadyReplies() {
+        guard !replies.isEmpty else { return }
+        for k in replies.keys.sorted() where replyReady(replies[k]!) {
+            sendReply(replies.removeValue(forKey: k)!)
+        }
+    }
+
+    func receiveMarkReply(_ r: MarkReply) {
+        observe(clock: r.clock)
+        guard var om = outMarks[r.id] else { return }
+        for g in r.granted where markOf[g.location] == r.id {
+            if let data = g.data, let v = g.version {
+                // Fig. 5B: the peer's unsynced data land before the token is usable for a partial write.
+                observe(clock: v.counter)
+                let t = newToken()
+                writes[t] = PendingWrite(location: g.location, version: v, kind: .markData(markID: r.id))
+                receiving[g.location, default: 0] += 1
+                out.append(.storeWrite(CompletionToken(t), g.location, data, v,
+                                       onlyIfNewer: rules.ignoreStalePushes, sync: false))
+            } else {
+                takeToken(g.location, markID: r.id, om: &om)
+            }
+        }
+        for l in r.refused where markOf[l] == r.id {
+            let before = persisted(l)
+            markOf[l] = nil
+            om.remaining -= 1
+            takeoverRequested[l] = nil
+            touch(l, before)
+            wake(l)
+        }
+        if om.remaining <= 0 { outMarks[r.id] = nil } else { outMarks[r.id] = om }
+    }
+
+    func takeToken(_ l: Location, markID: UInt64, om: inout OutMark) {
+        let before = persisted(l)
+        let wasMoos = bits.token(l) == .moos
+        let needData = om.items.first { $0.location == l }?.needData ?? false
+        markOf[l] = nil
+        om.remaining -= 1
+        if wasMoos && !needData {
+            // Takeover for a full overwrite: usable only by the operation that asked; without it our copy stays
+            // behind the peer's, so the location stays MOOS (both sides pull) instead.
+            if let op = takeoverRequested.removeValue(forKey: l), ops[op] != nil {
+                takeover[l] = op
+                bits.setToken(l, .mos)
+            }
+        } else {
+            bits.setToken(l, .mos)
+        }
+        touch(l, before)
+        wake(l)
+    }
+
+    func answerPull(_ l: Location, prefetched: Bool) {
+        let before = persisted(l)
+        if rules.giveUpTokenOnPull {
+            // Hazard 2: the answer hands the token back; a takeover copy is stale, so it returns to MOOS.
+            if takeover[l] != nil { takeover[l] = nil; bits.setToken(l, .moos) }
+            else if bits.token(l) == .mos { bits.setToken(l, .none) }
+        }
+        touch(l, before)
+        if bits.oos(l) {
+            let t = newToken()
+            reads[t] = .answer(l, prefetched: prefetched, epoch: epoch)
+            beginSend(l)
+            out.append(.storeRead(CompletionToken(t), l))
+            if !prefetched { prefetch(after: l) }
+        } else {
+            counters.pullAnswersInSync += 1
+            out.append(.send(.pullAnswer(PullAnswer(location: l, content: .inSync, prefetched: prefetched, clock: clock))))
+        }
+    }
+
+    /// Fig. 4 after step 92: out-of-sync tracks just after the pulled one go along, as unsolicited answers.
+    func prefetch(after l: Location) {
+        guard config.prefetchTracks > 0, let t = l.trackIndex else { return }
+        var cands: [Location] = []
+        bits.oosLocations(ino: l.ino, fromSlot: t + 2, limit: config.prefetchTracks, into: &cands)
+        for c in cands {
+            guard let ct = c.trackIndex, ct <= t + UInt64(config.prefetchTracks) * 2,
+                  bits.token(c) == .mos, locks[c] == nil, inFlight[c] == nil, takeover[c] == nil,
+                  receiving[c] == nil, deferred[c] == nil else { continue }
+            counters.prefetchesSent += 1
+            answerPull(c, prefetched: true)
+        }
+    }
+
+    func beginSend(_ l: Location) {
+        var e = inFlight[l] ?? Sent()
+        e.rewritten = false
+        e.reading += 1
+        inFlight[l] = e
+    }
+
+    func receiveAnswer(_ a: PullAnswer) {
+        observe(clock: a.clock)
+        let l = a.location
+        switch a.content {
+        case .inSync:
+            pulls.remove(l)
+            if bits.token(l) == .moos {
+                let before = persisted(l)
+                bits.setToken(l, .none)
+                touch(l, before)
+            }
+            wake(l)
+        case .data(let p, let v):
+            observe(clock: v.counter)
+            let t = newToken()
+            writes[t] = PendingWrite(location: l, version: v, kind: .answer)
+            receiving[l, default: 0] += 1
+            out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: false))
+        }
+    }
+
+    func receiveAck(_ r: Receipt) {
+        counters.acksReceived += 1
+        let l = r.location
+        guard var e = inFlight[l] else {
+            if !rules.ignoreStaleAcks { clearOOS(l) }
+            return
+        }
+        if e.pushing { e.pushing = false; pushesInFlight -= 1 }
+        if (e.lastSent == r.version && !e.rewritten) || !rules.ignoreStaleAcks {
+            if (flushNeeds[l] ?? 0) > 0 && !r.durable {
+                // A flush waits on this location: only a durable copy counts, so push again asking for one.
+                e.lastSent = nil
+                enqueuePush(l)
+            } else {
+                e.lastSent = nil
+                clearOOS(l)
+            }
+        } else {
+            counters.staleAcksIgnored += 1
+            if e.lastSent == r.version { e.lastSent = nil }
+            if bits.oos(l) { enqueuePush(l) }
+        }
+        if e.reading == 0 && !e.pushing && e.lastSent == nil { inFlight[l] = nil } else { inFlight[l] = e }
+    }
+
+    func clearOOS(_ l: Location) {
+        guard bits.oos(l) else { return }
+        let before = persisted(l)
+        setOOS(l, false)
+        touch(l, before)
+        if (flushNeeds[l] ?? 0) > 0 { satisfyFlushes(l) }
+    }
+
+    // MARK: store completions
+
+    func readDone(_ t: UInt64, _ p: Payload, _ v: Version) {
+        guard let r = reads.removeValue(forKey: t) else { return }
+        switch r {
+        case .push(let l, let ep):
+            var e = inFlight[l] ?? Sent()
+            e.reading -= 1
+            if ep == epoch && connected && e.pushing && bits.oos(l) {
+                e.lastSent = v
+                counters.pushesSent += 1
+                out.append(.send(.push(Push(location: l, payload: p, version: v, durable: (flushNeeds[l] ?? 0) > 0))))
+            } else if e.pushing {
+                e.pushing = false
+                if ep == epoch { pushesInFlight -= 1 }
+            }
+            storeSent(l, e)
+        case .answer(let l, let prefetched, let ep):
+            var e = inFlight[l] ?? Sent()
+            e.reading -= 1
+            if ep == epoch && connected {
+                e.lastSent = v
+                counters.pullAnswersData += 1
+                out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(p, v), prefetched: prefetched, clock: clock))))
+            }
+            storeSent(l, e)
+        case .markData(let l, let key, let ep):
+            var e = inFlight[l] ?? Sent()
+            e.reading -= 1
+            if ep == epoch, var reply = replies[key] {
+                e.lastSent = v
+                reply.readsOutstanding -= 1
+                reply.granted.append(MarkGrant(location: l, data: p, version: v))
+                replies[key] = reply
+                flushReadyReplies()
+            }
+            storeSent(l, e)
+        }
+    }
+
+    func storeSent(_ l: Location, _ e: Sent) {
+        if e.reading <= 0 && !e.pushing && e.lastSent == nil { inFlight[l] = nil } else { inFlight[l] = e }
+    }
+
+    func writeDone(_ t: UInt64, _ stored: Version) {
+        guard let w = writes.removeValue(forKey: t) else { return }
+        let l = w.location
+        if let n = receiving[l] { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
+        // Our own unsynced copy is superseded once the store holds the peer's newer version (hazard 4).
+        if stored == w.version && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
+        switch w.kind {
+        case .answer:
+            pulls.remove(l)
+            if bits.token(l) == .moos {
+                let before = persisted(l)
+                bits.setToken(l, .none)
+                touch(l, before)
+            }
+            sendAck(l, w.version, durable: false)
+        case .push(let durable):
+            sendAck(l, w.version, durable: durable)
+        case .markData(let id):
+            sendAck(l, w.version, durable: false)
+            if markOf[l] == id, var om = outMarks[id] {
+                takeToken(l, markID: id, om: &om)
+                if om.remaining <= 0 { outMarks[id] = nil } else { outMarks[id] = om }
+            }
+        }
+        if bits.oos(l) { enqueuePush(l) }
+        wake(l)
+    }
+
+    func sendAck(_ l: Location, _ v: Version, durable: Bool) {
+        if connected { out.append(.send(.ack(Receipt(location: l, version: v, durable: durable)))) }
+    }
+
+    func persistDone(_ t: UInt64) {
+        if t > durableToken { durableToken = t }
+        if let r = reservationInFlight, r.token <= durableToken {
+            clockReserved = max(clockReserved, r.value)
+            reservationInFlight = nil
+        }
+        flushReadyReplies()
+        if !durableWaiters.isEmpty {
+            let ws = durableWaiters
+            durableWaiters = []
+            for w in ws where ops[w]?.phase == .durableWait {
+                ops[w]!.phase = .netWait // re-evaluated by tryGrant
+                tryGrant(w)
+            }
+        }
+    }
+
+    // MARK: background copy, flush, release
+
+    func pumpPushes() {
+        lastPumpTick = now
+        var budget = 64
+        var cands: [Location] = []
+        while pushesInFlight < config.maxInFlightPushes, budget > 0, let ino = pushQueue.first {
+            budget -= 1
+            cands.removeAll(keepingCapacity: true)
+            bits.oosLocations(ino: ino, fromSlot: bits.pushCursor(ino),
+                              limit: config.maxInFlightPushes - pushesInFlight, into: &cands)
+            if cands.isEmpty { pushQueue.removeFirst(); continue }
+            for l in cands {
+                bits.setPushCursor(ino, l.slot + 1)
+                // Skipped locations come back through enqueuePush when what blocked them completes.
+                guard inFlight[l] == nil, receiving[l] == nil, !blocked(l) else { continue }
+                let t = newToken()
+                reads[t] = .push(l, epoch: epoch)
+                var e = Sent()
+                e.reading = 1
+                e.pushing = true
+                inFlight[l] = e
+                pushesInFlight += 1
+                out.append(.storeRead(CompletionToken(t), l))
+            }
+        }
+    }
+
+    func requestFlush(_ id: FlushID, _ locs: [Location]) {
+        var need = Set<Location>()
+        for l in locs where bits.oos(l) && !need.contains(l) {
+            need.insert(l)
+            flushNeeds[l, default: 0] += 1
+            enqueuePush(l)
+        }
+        if need.isEmpty { out.append(.flushDone(id)); return }
+        flushes[id] = Flush(need: need, start: now)
+        scheduleWake(now &+ config.peerTimeoutTicks)
+    }
+
+    func satisfyFlushes(_ l: Location) {
+        for (id, var f) in flushes where f.need.contains(l) {
+            f.need.remove(l)
+            decNeed(l)
+            if f.need.isEmpty { flushes[id] = nil; out.append(.flushDone(id)) } else { flushes[id] = f }
+        }
+    }
+
+    func decNeed(_ l: Location) {
+        if let n = flushNeeds[l] { if n <= 1 { flushNeeds[l] = nil } else { flushNeeds[l] = n - 1 } }
+    }
+
+    func releaseCold() {
+        guard config.release.enabled, connected else { return }
+        if now &- hotRotatedAt >= max(1, config.release.coldAfterTicks / 2) {
+            hotPrevious = hot
+            hot = []
+            hotRotatedAt = now
+        }
+        if releaseScan.isEmpty { releaseScan = Array(bits.inodes.keys) }
+        var released: [Location] = []
+        var cands: [Location] = []
+        var budget = 64
+        while released.count < config.release.maxReleasesPerTick, budget > 0, let ino = releaseScan.popLast() {
+            budget -= 1
+            cands.removeAll(keepingCapacity: true)
+            bits.mosLocations(ino: ino, into: &cands)
+            for l in cands where released.count < config.release.maxReleasesPerTick {
+                guard !bits.oos(l), !hot.contains(l), !hotPrevious.contains(l), locks[l] == nil,
+                      inFlight[l] == nil, takeover[l] == nil, markOf[l] == nil, receiving[l] == nil,
+                      deferred[l] == nil else { continue }
+                let before = persisted(l)
+                bits.setToken(l, .none)
+                touch(l, before)
+                released.append(l)
+            }
+        }
+        if !released.isEmpty {
+            counters.releasesSent += released.count
+            out.append(.send(.release(Release(locations: released))))
+        }
+    }
+
+    // MARK: connection, time, restart
+
+    func connectionUp(_ e: UInt64) {
+        connected = true
+        epoch = e
+        out.append(.send(.hello(Hello(node: config.node, epoch: e, incarnation: incarnation, clock: clock))))
+        // Pending requests are re-sent; the peer handles them idempotently.
+        for id in outMarks.keys.sorted() {
+            let items = outMarks[id]!.items.filter { markOf[$0.location] == id && receiving[$0.location] == nil }
+            if !items.isEmpty { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
+        }
+        if !pulls.isEmpty { out.append(.send(.pull(Pull(locations: pulls.sorted())))) }
+        for (ino, _) in bits.inodes { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
+    }
+
+    func connectionDown() {
+        connected = false
+        peerHello = nil
+        deferred = [:]
+        replies = [:]
+        pushesInFlight = 0
+        for (l, var e) in inFlight {
+            e.pushing = false
+            e.lastSent = nil
+            if e.reading <= 0 { inFlight[l] = nil } else { inFlight[l] = e }
+        }
+    }
+
+    func tick(_ t: Tick) {
+        if t > now { now = t }
+        if let n = nextWake, n <= now { nextWake = nil }
+        let deadline = config.peerTimeoutTicks
+        let expired = ops.values.filter { $0.phase != .granted && now &- $0.startTick >= deadline }.map(\.id)
+        for id in expired.sorted(by: { $0.raw < $1.raw }) { fail(id, .peerTimeout) }
+        for (id, f) in flushes where now &- f.start >= deadline {
+            flushes[id] = nil
+            for l in f.need { decNeed(l) }
+            out.append(.flushFailed(id, .peerTimeout))
+        }
+        releaseCold()
+    }
+
+    func restart(_ r: RecoveredState) {
+        let fresh = MirrorNode(config: config, prediction: prediction, recovered: r)
+        bits = fresh.bits
+        clock = fresh.clock; clockReserved = fresh.clockReserved; reservationInFlight = nil
+        incarnation = fresh.incarnation; connected = false; epoch = 0; peerHello = nil
+        durableToken = 0; lastPersistToken = 0; nextTokenRaw = 0; dirty = []; wantReservation = nil
+        supersetPending = [:]; ops = [:]; locks = [:]; netWaiters = [:]; durableWaiters = []
+        outMarks = [:]; markOf = [:]; pulls = []; takeover = [:]; takeoverRequested = [:]
+        reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
+        deferred = [:]; replies = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
+        releaseScan = []; restoredSuperset = fresh.restoredSuperset; nextWake = nil
+        oosNonEmptySince = now
+    }
+
+    /// Hazard 3 and 7: after a crash, MOS is never trusted (the token may have been handed over without the
+    /// persisted bit catching up); the superset becomes OOS, so every pull for it is answered with data.
+    func recover(_ r: RecoveredState) {
+        for e in r.entries {
+            switch e.state {
+            case .none: break
+            case .moos: bits.setToken(e.location, .moos)
+            case .held:
+                if rules.answerInSyncOnlyIfKnown { setOOS(e.location, true); restoredSuperset = true }
+            case .contested:
+                bits.setToken(e.location, .moos)
+                if rules.answerInSyncOnlyIfKnown { setOOS(e.location, true); restoredSuperset = true }
+            }
+        }
+        clock = r.clockReservation
+        clockReserved = r.clockReservation
+        incarnation = r.incarnation
+    }
+}
+
+/// FIFO of inode numbers without duplicates (the background-copy work list).
+struct InodeQueue {
+    private var items: [UInt64] = []
+    private var head = 0
+    private var members: Set<UInt64> = []
+    var first: UInt64? { head < items.count ? items[head] : nil }
+    var isEmpty: Bool { head >= items.count }
+    mutating func insert(_ ino: UInt64) {
+        if members.insert(ino).inserted { items.append(ino) }
+    }
+    mutating func removeFirst() {
+        members.remove(items[head])
+        head += 1
+        if head > 1024 && head * 2 > items.count { items.removeFirst(head); head = 0 }
+    }
 }

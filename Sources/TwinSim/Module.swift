@@ -1,1 +1,0 @@
-// TwinSim: placeholder until its first real file lands.

@@ -1,1 +1,151 @@
-print("twinfs-sim")
+// twinfs-sim: command line for the deterministic simulator (replay one seed, sweep seeds, report workload figures).
+// Owns: argument parsing, output formatting, exit codes.
+// Must never: add behaviour of its own to a run: everything a run does comes from TwinSim and the seed.
+
+import ArgumentParser
+import MirrorCore
+import TwinSim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Swift seeds hashing per process; a replay must not depend on it (the core may iterate hashed collections), so the
+/// tool re-executes itself once with deterministic hashing.
+func ensureDeterministicHashing() {
+    #if canImport(Glibc)
+    guard getenv("SWIFT_DETERMINISTIC_HASHING") == nil else { return }
+    setenv("SWIFT_DETERMINISTIC_HASHING", "1", 1)
+    var args = CommandLine.unsafeArgv
+    execv("/proc/self/exe", &args[0])
+    // If exec fails we carry on; replays within this process are still exact for the simulator's own code.
+    #endif
+}
+
+struct SeedRange: ExpressibleByArgument {
+    let range: ClosedRange<UInt64>
+    init?(argument: String) {
+        let parts = argument.split(separator: "..", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a <= b else { return nil }
+        range = a...b
+    }
+}
+
+extension WorkloadKind: ExpressibleByArgument {}
+
+enum Rule: String, CaseIterable, ExpressibleByArgument {
+    case giveUpTokenOnPull, ignoreStaleAcks, persistMOOSBeforeAck, persistSupersetBeforeWrite, invalidateBeforeAck,
+         ignoreStalePushes, answerInSyncOnlyIfKnown, tieBreakConcurrentMarks
+    func switchOff(_ r: inout ProtocolRules) {
+        switch self {
+        case .giveUpTokenOnPull: r.giveUpTokenOnPull = false
+        case .ignoreStaleAcks: r.ignoreStaleAcks = false
+        case .persistMOOSBeforeAck: r.persistMOOSBeforeAck = false
+        case .persistSupersetBeforeWrite: r.persistSupersetBeforeWrite = false
+        case .invalidateBeforeAck: r.invalidateBeforeAck = false
+        case .ignoreStalePushes: r.ignoreStalePushes = false
+        case .answerInSyncOnlyIfKnown: r.answerInSyncOnlyIfKnown = false
+        case .tieBreakConcurrentMarks: r.tieBreakConcurrentMarks = false
+        }
+    }
+}
+
+struct TwinfsSim: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "twinfs-sim",
+        abstract: "Deterministic simulation of the twinfs mirror protocol: two nodes, one seed, many faults.",
+        discussion: """
+            twinfs-sim --seed 42 --trace     replay one seed exactly, printing every event
+            twinfs-sim --seeds 0..1999       sweep; exits 1 and prints the failing seeds on any violation
+            twinfs-sim --report --seeds 0..99  round trips, marks and pulls per workload
+            """)
+
+    @Option(help: "Run this one seed.") var seed: UInt64?
+    @Option(help: "Sweep an inclusive range of seeds, e.g. 0..1999.") var seeds: SeedRange?
+    @Flag(help: "Print the trace of every event (with --seed).") var trace = false
+    @Flag(help: "Print the workload report (figures per workload) for the seed range instead of a sweep.") var report = false
+    @Option(help: "Force this workload instead of the seed's choice (sequential, random, create-heavy, contending, mixed).")
+    var workload: WorkloadKind?
+    @Flag(help: "No network or crash faults.") var noFaults = false
+    @Flag(help: "Do not model the kernel cache.") var noKernelCache = false
+    @Option(help: "Switch off one protocol rule (mutation testing): \(Rule.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var ruleOff: [Rule] = []
+    @Option(help: "Override the prediction window (0: no prediction).") var window: Int?
+    @Option(help: "Stop a sweep after this many failing seeds.") var maxFailures = 10
+
+    func options() -> SimOptions {
+        var o = SimOptions()
+        o.faults = !noFaults
+        o.kernelCache = !noKernelCache
+        for r in ruleOff { r.switchOff(&o.rules) }
+        if let window { o.adjustCore = { $0.predictionWindow = window } }
+        return o
+    }
+
+    func run() throws {
+        if report { return reportMode() }
+        if let seed {
+            var o = options()
+            o.trace = trace
+            let r = Simulation.run(seed: seed, workload: workload, options: o)
+            print("config \(r.config)")
+            print("core \(r.core.description)")
+            if trace { for line in r.trace { print(line) } }
+            print(r.metrics.summary + " events=\(r.metrics.events) simulated=\(r.finalTimeUs)us")
+            for v in r.violations { print("VIOLATION \(v)") }
+            print(r.passed ? "seed \(seed): ok" : "seed \(seed): \(r.violations.count) violation(s)")
+            if !r.passed { throw ExitCode(1) }
+            return
+        }
+        guard let range = seeds?.range else {
+            throw ValidationError("give --seed N or --seeds A..B")
+        }
+        var failing: [(UInt64, Violation)] = []
+        var total = SimMetrics()
+        var runs = 0
+        let o = options()
+        let start = monotonicSeconds()
+        for s in range {
+            let r = Simulation.run(seed: s, workload: workload, options: o)
+            runs += 1
+            total.merge(r.metrics)
+            if let v = r.violations.first {
+                failing.append((s, v))
+                print("seed \(s) FAILED: \(v)")
+                if failing.count >= maxFailures { break }
+            }
+        }
+        let seconds = monotonicSeconds() - start
+        let rate = Double(runs) / max(seconds, 1e-9)
+        print("seeds=\(runs) operations=\(total.operations) events=\(total.events) crashes=\(total.crashes) disconnects=\(total.disconnects) violations=\(failing.count) seconds=\(Int(seconds)) seeds/s=\(Int(rate))")
+        if !failing.isEmpty {
+            print("failing seeds: \(failing.map { String($0.0) }.joined(separator: " "))")
+            throw ExitCode(1)
+        }
+    }
+
+    func reportMode() {
+        let range = seeds?.range ?? 0...99
+        let kinds = workload.map { [$0] } ?? [.sequential, .random, .createHeavy, .contending]
+        print("workload report over seeds \(range.lowerBound)..\(range.upperBound)\(noFaults ? " (no faults)" : "")\(window.map { ", window \($0)" } ?? "")")
+        for kind in kinds {
+            var total = SimMetrics()
+            var bad = 0
+            for s in range {
+                let r = Simulation.run(seed: s, workload: kind, options: options())
+                total.merge(r.metrics)
+                if !r.passed { bad += 1 }
+            }
+            let name = kind.rawValue + String(repeating: " ", count: max(0, 13 - kind.rawValue.count))
+            print("\(name) \(total.summary) failing-seeds=\(bad)")
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+ensureDeterministicHashing()
+TwinfsSim.main()

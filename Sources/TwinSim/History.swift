@@ -1,0 +1,76 @@
+// TwinSim/History.swift: what the simulated clients asked for and what they got back.
+// Owns: the record of every client operation (invocation and completion times, values written and read).
+// Must never: look inside a node: the history is what an outside observer of the two mountpoints could see.
+
+/// A register the checker reasons about: one slot of one location. Tracks and directory records have several slots
+/// so that a partial write (some slots) can be told apart from a full write (all slots).
+public struct RegisterKey: Hashable, Comparable, CustomStringConvertible, Sendable {
+    public let location: Int
+    public let slot: Int
+    public init(location: Int, slot: Int) { self.location = location; self.slot = slot }
+    public static func < (a: RegisterKey, b: RegisterKey) -> Bool {
+        (a.location, a.slot) < (b.location, b.slot)
+    }
+    public var description: String { "L\(location).\(slot)" }
+}
+
+/// Every write stamps a unique value; 0 is the initial content of every register.
+public typealias WriteStamp = UInt64
+
+public enum OpOutcome: Equatable, Sendable {
+    case pending
+    case ok
+    /// The operation returned an error (for example a peer timeout): it may or may not have taken effect.
+    case failed(String)
+    /// The node crashed while the operation was in flight: it may or may not have taken effect.
+    case lostInCrash
+}
+
+public struct OpRecord: Sendable {
+    public let id: Int
+    public let node: Int
+    public let label: String
+    public let invokeUs: SimTimeUs
+    public var completeUs: SimTimeUs?
+    public var outcome: OpOutcome = .pending
+    /// Registers this operation writes and the stamp it writes to each.
+    public let writes: [RegisterKey: WriteStamp]
+    /// Registers this operation reads; filled in on successful completion.
+    public var reads: [RegisterKey: WriteStamp] = [:]
+    public let readKeys: [RegisterKey]
+
+    /// Time after which the operation certainly had no more effect; nil when it may still take effect at any time
+    /// (failed or lost writes are treated as concurrent with everything after their invocation).
+    public var effectEndUs: SimTimeUs? {
+        outcome == .ok && !rolledBack ? completeUs : nil
+    }
+    /// A power loss undid this completed write before it was durable, which the durability contract allows; from then
+    /// on the checker treats it like a write whose outcome is unknown.
+    public var rolledBack = false
+}
+
+public struct History: Sendable {
+    public private(set) var ops: [OpRecord] = []
+
+    public init() {}
+
+    @discardableResult
+    public mutating func invoke(node: Int, label: String, atUs: SimTimeUs,
+                                writes: [RegisterKey: WriteStamp], readKeys: [RegisterKey]) -> Int {
+        let id = ops.count
+        ops.append(OpRecord(id: id, node: node, label: label, invokeUs: atUs, writes: writes, readKeys: readKeys))
+        return id
+    }
+
+    public mutating func complete(_ id: Int, atUs: SimTimeUs, outcome: OpOutcome, reads: [RegisterKey: WriteStamp] = [:]) {
+        precondition(ops[id].outcome == .pending, "operation \(id) completed twice")
+        ops[id].completeUs = atUs
+        ops[id].outcome = outcome
+        ops[id].reads = reads
+    }
+
+    public mutating func forgive(_ id: Int) { ops[id].rolledBack = true }
+
+    public func op(_ id: Int) -> OpRecord { ops[id] }
+    public var pendingIDs: [Int] { ops.filter { $0.outcome == .pending }.map(\.id) }
+}

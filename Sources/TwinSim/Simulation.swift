@@ -1,0 +1,675 @@
+// TwinSim/Simulation.swift: two nodes running the real MirrorCore over a simulated world, driven by one seed.
+// Owns: the event loop, client operations and their kernel caches, the execution of the core's actions against the
+// simulated store and network, fault injection (drops, partitions, crashes, restarts), the healing phase, the
+// per-step invariant checks and the final checks.
+// Must never: consult anything but its seeded PRNG streams and its own logical clock (and never iterate a hashed
+// collection where the order could reach the run), or make a protocol decision: those are the core's.
+
+import MirrorCore
+
+public struct SimOptions: Sendable {
+    public var faults = true
+    /// Model the kernel's page/attr cache: reads of cached locations never reach the daemon until it invalidates them.
+    public var kernelCache = true
+    public var trace = false
+    public var checkInvariantsEachStep = true
+    /// After the last operation is issued, how long (simulated) the pair gets to heal, finish and drain.
+    public var healBudgetUs: SimTimeUs = 120_000_000
+    /// Hard cap on processed events: a livelock burns events without finishing.
+    public var eventBudget = 400_000
+    /// Interval of the shell's periodic tick (the core may ask for earlier ones with `wakeAt`).
+    public var tickPeriodUs: SimTimeUs = 10_000
+    /// Overrides of the seed-derived core configuration (tests use these to switch off one rule).
+    public var rules: ProtocolRules = .safe
+    public var adjustCore: (@Sendable (inout CoreSetup) -> Void)?
+    public init() {}
+}
+
+public struct SimResult: Sendable {
+    public let config: SwarmConfig
+    public let core: CoreSetup
+    public let violations: [Violation]
+    public let metrics: SimMetrics
+    public let trace: [String]
+    public let finalTimeUs: SimTimeUs
+    public var passed: Bool { violations.isEmpty }
+}
+
+public final class Simulation {
+    public enum IO: Sendable {
+        case read(UInt64, Payload, Version)
+        case write(UInt64, stored: Version)
+        case persist(UInt64)
+    }
+
+    public enum Event: Sendable {
+        case deliver(to: Int, epoch: UInt64, Message)
+        case ioDone(node: Int, incarnation: UInt64, IO)
+        case tick(node: Int, incarnation: UInt64, periodic: Bool)
+        case applyOperation(node: Int, incarnation: UInt64, opID: Int)
+        case clientNext(node: Int, client: Int)
+        case faultTick
+        case restart(node: Int)
+        case reconnect
+    }
+
+    struct Node {
+        var core: MirrorNode?
+        var store: SimStore
+        var incarnation: UInt64 = 0
+        var cache: [Int: LocationData] = [:]
+        var lastIoCompletionUs: SimTimeUs = 0
+        var requestsSent = 0
+        var clientOps: [Int?]
+        var nextPrivateToken: UInt64 = 1 << 62
+        var nextCreate = 0
+        var isUp: Bool { core != nil }
+    }
+
+    struct LiveOp {
+        let node: Int
+        let client: Int?
+        let op: SimOp
+        let stamp: WriteStamp
+        let requestsAtStart: Int
+        var granted: [Location: Version]? = nil
+    }
+
+    public enum Phase: Sendable { case faulty, healing, finished }
+
+    public let config: SwarmConfig
+    public let coreSetup: CoreSetup
+    public let layout: SimLayout
+    public let map: LocationMap
+    public let options: SimOptions
+    public private(set) var queue = EventQueue<Event>()
+    public private(set) var network: SimNetwork
+    public private(set) var history = History()
+    public private(set) var metrics = SimMetrics()
+    public private(set) var violations: [Violation] = []
+    public private(set) var trace: [String] = []
+    public private(set) var phase = Phase.faulty
+    var nodes: [Node] = []
+    var live: [Int: LiveOp] = [:]
+    var workload: WorkloadGenerator
+    var netRandom: SimRandom, diskRandom: SimRandom, faultRandom: SimRandom, clientRandom: SimRandom
+    var inFlightMessages = 0
+    var held: [Bool] = [false, false]
+    var heldMessages: [[(epoch: UInt64, message: Message)]] = [[], []]
+    var opsIssued = 0
+    var healStartUs: SimTimeUs = 0
+    var reconnectScheduled = false
+    var restartScheduled: [Bool] = [false, false]
+    var invariantReported = false
+    var pendingWakes: [Set<SimTimeUs>] = [[], []]
+    /// Operations whose completed effect a power loss legitimately rolled back (written, not yet durable).
+    public private(set) var rolledBackOps: [Int] = []
+
+    public init(config: SwarmConfig, options: SimOptions = SimOptions()) {
+        self.config = config
+        self.options = options
+        var setup = CoreSetup.derive(config, rules: options.rules)
+        options.adjustCore?(&setup)
+        coreSetup = setup
+        layout = SimLayout(config: config)
+        map = LocationMap(layout)
+        network = SimNetwork(latencyMinUs: config.latencyMinUs, latencyJitterUs: config.latencyJitterUs)
+        var root = SimRandom(seed: config.seed)
+        netRandom = root.fork(); diskRandom = root.fork(); faultRandom = root.fork(); clientRandom = root.fork()
+        var workRandom = root.fork()
+        let writebackUs = workRandom.pick([1_000, 50_000, 1_000_000] as [SimTimeUs])
+        workload = WorkloadGenerator(layout: layout, kind: config.workload, random: &workRandom)
+        for _ in 0..<2 {
+            nodes.append(Node(core: nil, store: SimStore(layout: layout, writebackUs: writebackUs),
+                              clientOps: Array(repeating: nil, count: config.clientsPerNode)))
+        }
+    }
+
+    public var nowUs: SimTimeUs { queue.nowUs }
+
+    func log(_ text: @autoclosure () -> String) {
+        if options.trace { trace.append("\(queue.nowUs)us \(text())") }
+    }
+
+    // MARK: - Whole runs
+
+    /// Runs a swarm seed: faults and clients until the operation budget is spent, then healing and final checks.
+    public static func run(seed: UInt64, workload: WorkloadKind? = nil, options: SimOptions = SimOptions()) -> SimResult {
+        let config = SwarmConfig.derive(seed: seed, workload: workload, faults: options.faults)
+        return Simulation(config: config, options: options).runSwarm()
+    }
+
+    public func runSwarm() -> SimResult {
+        log("config \(config)")
+        log("core \(coreSetup.description)")
+        for node in 0..<2 { boot(node) }
+        connect()
+        for node in 0..<2 {
+            for client in 0..<config.clientsPerNode {
+                queue.schedule(afterUs: clientRandom.uint64(0...1_000), .clientNext(node: node, client: client))
+            }
+        }
+        if options.faults { queue.schedule(afterUs: config.faultTickUs, .faultTick) }
+        if config.operationCount == 0 { startHealing() }
+        var steps = 0
+        while phase != .finished {
+            guard let entry = queue.pop() else {
+                fail(.noProgress, "nothing left to happen but the run is not done: \(stuckSummary())")
+                break
+            }
+            steps += 1
+            if steps > options.eventBudget {
+                fail(.noProgress, "event budget \(options.eventBudget) exhausted (livelock?): \(stuckSummary())")
+                break
+            }
+            handle(entry.payload)
+            if phase == .healing {
+                if isQuiescent { break }
+                if queue.nowUs - healStartUs > options.healBudgetUs {
+                    fail(.noProgress, "not quiescent \(options.healBudgetUs)us after healing began: \(stuckSummary())")
+                    break
+                }
+            }
+        }
+        metrics.events = steps
+        finish()
+        return result
+    }
+
+    public var result: SimResult {
+        SimResult(config: config, core: coreSetup, violations: violations, metrics: metrics, trace: trace,
+                  finalTimeUs: queue.nowUs)
+    }
+
+    // MARK: - Driving (used by swarm runs and by scripted scenarios)
+
+    public func boot(_ node: Int) {
+        precondition(nodes[node].core == nil)
+        nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction())
+        log("\(nodeName(node)) boots")
+        scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
+    }
+
+    /// Issues one client operation on `node`; returns its operation id.
+    @discardableResult
+    public func issue(_ op: SimOp, on node: Int, client: Int? = nil) -> Int {
+        precondition(nodes[node].isUp, "issue on a crashed node")
+        var writes: [RegisterKey: WriteStamp] = [:]
+        let stamp = WriteStamp(history.ops.count + 1)
+        for w in op.writes { for s in w.slots { writes[RegisterKey(location: w.location, slot: s)] = stamp } }
+        let readKeys = op.reads.flatMap { layout.registers($0) }
+        let id = history.invoke(node: node, label: op.label, atUs: queue.nowUs, writes: writes, readKeys: readKeys)
+        assert(WriteStamp(id + 1) == stamp, "stamps follow operation ids")
+        metrics.operations += 1
+        if op.writes.isEmpty { metrics.reads += 1 } else { metrics.writes += 1 }
+        metrics.writtenTracks += op.writtenTracks(layout)
+        if let client { nodes[node].clientOps[client] = id }
+        log("\(nodeName(node)) op#\(id) \(op.label) stamp \(stamp)")
+        // The kernel answers a read of cached locations itself; the daemon never sees it.
+        if options.kernelCache && op.writes.isEmpty && op.reads.allSatisfy({ nodes[node].cache[$0] != nil }) {
+            var reads: [RegisterKey: WriteStamp] = [:]
+            for loc in op.reads {
+                for (s, v) in nodes[node].cache[loc]!.slots.enumerated() { reads[RegisterKey(location: loc, slot: s)] = v }
+            }
+            history.complete(id, atUs: queue.nowUs, outcome: .ok, reads: reads)
+            metrics.operationsCompleted += 1
+            metrics.localOperations += 1
+            metrics.cacheHits += 1
+            log("\(nodeName(node)) op#\(id) served from the kernel cache")
+            if let client { clientDone(node: node, client: client) }
+            return id
+        }
+        live[id] = LiveOp(node: node, client: client, op: op, stamp: stamp, requestsAtStart: nodes[node].requestsSent)
+        var items: [AccessItem] = op.reads.map { AccessItem(map[$0], .read) }
+        for w in op.writes { items.append(AccessItem(map[w.location], w.full ? .writeFull : .writePartial)) }
+        let spare = layout.spareInodes[node]
+        var nextInodes: [UInt64] = []
+        for k in 0..<min(spare.count, 8) {
+            if case .inodeRecord(let ino) = layout.kinds[spare[(nodes[node].nextCreate + k) % spare.count]] { nextInodes.append(ino) }
+        }
+        if op.category == .create { nodes[node].nextCreate += 1 }
+        let hint = PredictionHint(fileTrackCount: UInt64(config.tracksPerFile), nextInodes: nextInodes)
+        step(node, .operationRequested(OperationRequest(id: OperationID(UInt64(id)), items: items, hint: hint)))
+        return id
+    }
+
+    public func crash(_ node: Int, kind: SimStore.CrashKind) {
+        guard let core = nodes[node].core else { return }
+        metrics.crashes += 1
+        metrics.absorb(core.status.counters)
+        log("\(nodeName(node)) CRASH (\(kind.rawValue))")
+        if network.isConnected { disconnect(partitionUntilUs: nil, reason: "\(nodeName(node)) crashed") }
+        let rolledBack = nodes[node].store.crash(kind, nowUs: queue.nowUs, random: &diskRandom)
+        for op in rolledBack.sorted() {
+            history.forgive(op)
+            rolledBackOps.append(op)
+            log("power loss rolled back completed op#\(op) (its write was not yet synced)")
+        }
+        nodes[node].core = nil
+        nodes[node].incarnation += 1
+        nodes[node].cache = [:]
+        pendingWakes[node] = []
+        heldMessages[node] = []
+        for id in live.keys.sorted() where live[id]!.node == node {
+            history.complete(id, atUs: queue.nowUs, outcome: .lostInCrash)
+            live[id] = nil
+        }
+        for c in nodes[node].clientOps.indices { nodes[node].clientOps[c] = nil }
+    }
+
+    public func restart(_ node: Int) {
+        guard !nodes[node].isUp else { return }
+        let image = nodes[node].store.persisted
+        let entries = image.states.sorted { $0.key < $1.key }.map { PersistEntry($0.key, $0.value) }
+        let recovered = RecoveredState(entries: entries, clockReservation: image.clockReservation,
+                                       incarnation: nodes[node].incarnation)
+        nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction(),
+                                      recovered: recovered)
+        log("\(nodeName(node)) restarts (incarnation \(nodes[node].incarnation)) with \(entries.count) persisted entries, clock reservation \(image.clockReservation)")
+        scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
+        scheduleReconnect(afterUs: 1_000)
+        if phase == .faulty {
+            for c in 0..<config.clientsPerNode where nodes[node].clientOps[c] == nil {
+                queue.schedule(afterUs: clientRandom.uint64(0...1_000), .clientNext(node: node, client: c))
+            }
+        }
+    }
+
+    public func connect() {
+        guard !network.isConnected, nodes.allSatisfy(\.isUp), network.canReconnect(nowUs: queue.nowUs) else { return }
+        let epoch = network.connect(nowUs: queue.nowUs)
+        log("connection up, epoch \(epoch)")
+        for node in 0..<2 { step(node, .connectionUp(epoch: epoch)) }
+    }
+
+    public func disconnect(partitionUntilUs: SimTimeUs?, reason: String) {
+        guard let epoch = network.currentEpoch else { return }
+        metrics.disconnects += 1
+        network.disconnect(nowUs: queue.nowUs, partitionUntilUs: partitionUntilUs)
+        log("connection down, epoch \(epoch) (\(reason))" + (partitionUntilUs.map { ", partitioned until \($0)us" } ?? ""))
+        heldMessages = [[], []]
+        for node in 0..<2 where nodes[node].isUp { step(node, .connectionDown) }
+        if phase != .finished && (options.faults || phase == .healing) {
+            let wait = partitionUntilUs.map { $0 > queue.nowUs ? $0 - queue.nowUs : 0 } ?? 0
+            scheduleReconnect(afterUs: max(1_000, wait))
+        }
+    }
+
+    /// Holds (or releases) messages sent by `node`; released messages keep their order and still die with their epoch.
+    public func hold(from node: Int, _ on: Bool) {
+        held[node] = on
+        if !on {
+            let pending = heldMessages[node]
+            heldMessages[node] = []
+            for (epoch, m) in pending where network.currentEpoch == epoch { transmit(from: node, m) }
+        }
+    }
+
+    /// Processes events up to `limitUs` while `keepGoing` holds. Returns false if it stopped on the time limit.
+    @discardableResult
+    public func run(untilUs limitUs: SimTimeUs, while keepGoing: () -> Bool = { true }) -> Bool {
+        while keepGoing() {
+            guard let t = queue.peekTimeUs, t <= limitUs, let entry = queue.pop() else { return !keepGoing() }
+            handle(entry.payload)
+        }
+        return true
+    }
+
+    /// No messages, disk I/O or operations in flight.
+    public var isSettled: Bool {
+        inFlightMessages == 0 && live.isEmpty && nodes.allSatisfy { !$0.store.hasIOInFlight }
+    }
+
+    public func view(_ node: Int) -> NodeView? { nodes[node].core.map { map.view(of: $0) } }
+    public func storeContent(_ node: Int, _ location: Int) -> LocationData { nodes[node].store.visible[location] }
+    public func isCached(_ node: Int, _ location: Int) -> Bool { nodes[node].cache[location] != nil }
+    public func isUp(_ node: Int) -> Bool { nodes[node].isUp }
+    public func core(_ node: Int) -> MirrorNode? { nodes[node].core }
+    public var heldCount: Int { heldMessages[0].count + heldMessages[1].count }
+    public var isConnected: Bool { network.isConnected }
+
+    // MARK: - Events
+
+    func handle(_ event: Event) {
+        switch event {
+        case .deliver(let to, let epoch, let message):
+            inFlightMessages -= 1
+            guard network.deliverable(epoch: epoch), nodes[to].isUp else {
+                log("lost in flight to \(nodeName(to)): \(MessageDescriber.describe(message))")
+                return
+            }
+            log("\(nodeName(to)) <- \(MessageDescriber.describe(message))")
+            step(to, .received(message))
+        case .ioDone(let node, let incarnation, let io):
+            guard nodes[node].incarnation == incarnation, nodes[node].isUp else { return }
+            switch io {
+            case .read(let token, let payload, let version):
+                step(node, .storeReadDone(CompletionToken(token), payload, version))
+            case .write(let token, let stored):
+                nodes[node].store.completeWrite(token: token)
+                step(node, .storeWriteDone(CompletionToken(token), stored: stored))
+            case .persist(let token):
+                nodes[node].store.completePersist(upTo: token)
+                step(node, .persistDone(CompletionToken(token)))
+            }
+        case .tick(let node, let incarnation, let periodic):
+            guard nodes[node].incarnation == incarnation, nodes[node].isUp else { return }
+            if periodic {
+                scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
+            } else {
+                pendingWakes[node].remove(queue.nowUs)
+            }
+            step(node, .tick(queue.nowUs))
+        case .applyOperation(let node, let incarnation, let opID):
+            guard nodes[node].incarnation == incarnation, nodes[node].isUp else { return }
+            applyGranted(node, opID)
+        case .clientNext(let node, let client):
+            guard phase == .faulty, nodes[node].isUp, nodes[node].clientOps[client] == nil,
+                  opsIssued < config.operationCount else { return }
+            opsIssued += 1
+            let op = workload.next(node: node, &clientRandom)
+            issue(op, on: node, client: client)
+            if opsIssued == config.operationCount { startHealing() }
+        case .faultTick:
+            guard phase == .faulty else { return }
+            injectFaults()
+            queue.schedule(afterUs: config.faultTickUs, .faultTick)
+        case .restart(let node):
+            restartScheduled[node] = false
+            restart(node)
+        case .reconnect:
+            reconnectScheduled = false
+            if network.isConnected || !nodes.allSatisfy(\.isUp) { return }
+            if !network.canReconnect(nowUs: queue.nowUs) {
+                if phase == .healing { network.healPartition(nowUs: queue.nowUs) }
+                scheduleReconnect(afterUs: 5_000)
+                return
+            }
+            connect()
+        }
+        if options.checkInvariantsEachStep { checkInvariants() }
+    }
+
+    func step(_ node: Int, _ event: MirrorCore.Event) {
+        guard let core = nodes[node].core else { return }
+        let actions = core.step(event)
+        perform(node, actions)
+    }
+
+    func perform(_ node: Int, _ actions: [Action]) {
+        for action in actions {
+            guard nodes[node].isUp else { return }
+            switch action {
+            case .send(let m):
+                let info = MessageDescriber.info(m)
+                metrics.messagesByKind[info.kind, default: 0] += 1
+                if info.isMarkRequest {
+                    metrics.markRequests += 1; metrics.markedLocations += info.locationCount
+                    nodes[node].requestsSent += 1
+                }
+                if info.isPullRequest { metrics.pullRequests += 1; nodes[node].requestsSent += 1 }
+                if held[node], let epoch = network.currentEpoch {
+                    heldMessages[node].append((epoch, m))
+                    log("\(nodeName(node)) -> (held) \(MessageDescriber.describe(m))")
+                } else {
+                    transmit(from: node, m)
+                }
+            case .storeRead(let token, let location):
+                guard let id = map.id(location) else { fail(.invariant, "\(nodeName(node)) read unknown \(location)"); continue }
+                let data = nodes[node].store.visible[id]
+                scheduleIo(node, .read(token.raw, data.payload, data.version))
+            case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
+                guard let id = map.id(location),
+                      let data = LocationData(payload: payload, version: version, slots: layout.slotCounts[id]) else {
+                    fail(.invariant, "\(nodeName(node)) wrote malformed data to \(location)")
+                    continue
+                }
+                let current = nodes[node].store.visible[id]
+                if onlyIfNewer && current.version >= version {
+                    log("\(nodeName(node)) skips store write \(layout.name(id)) \(version): holds \(current.version)")
+                    scheduleIo(node, .write(token.raw, stored: current.version))
+                } else {
+                    log("\(nodeName(node)) stores \(layout.name(id)) := \(data)\(sync ? " sync" : "")")
+                    nodes[node].store.issueWrite(token: token.raw, location: id, data, sync: sync, nowUs: queue.nowUs)
+                    scheduleIo(node, .write(token.raw, stored: version))
+                }
+            case .persist(let token, let batch):
+                nodes[node].store.issuePersist(token: token.raw, batch)
+                log("\(nodeName(node)) persists #\(token.raw) \(batch.entries.map { "\($0.location)=\($0.state)" })\(batch.clockReservation.map { " clock<=\($0)" } ?? "")")
+                scheduleIo(node, .persist(token.raw))
+            case .invalidateCaches(let location):
+                if let id = map.id(location) { nodes[node].cache[id] = nil }
+            case .grant(let opID, let stamps):
+                let id = Int(opID.raw)
+                guard var op = live[id], op.node == node, op.granted == nil else {
+                    fail(.invariant, "\(nodeName(node)) granted op#\(id), which is not waiting there")
+                    continue
+                }
+                var versions: [Location: Version] = [:]
+                for s in stamps { versions[s.location] = s.version }
+                op.granted = versions
+                live[id] = op
+                log("\(nodeName(node)) grants op#\(id) \(stamps.map { "\($0.location)@\($0.version)" })")
+                // The operation runs a little later, holding its locations: pulls and marks may arrive meanwhile.
+                let delay = diskRandom.uint64(0...config.diskLatencyMaxUs)
+                queue.schedule(afterUs: delay, .applyOperation(node: node, incarnation: nodes[node].incarnation, opID: id))
+            case .fail(let opID, let error):
+                finishOp(node, Int(opID.raw), error: "\(error)")
+            case .flushDone, .flushFailed:
+                break
+            case .wakeAt(let tick):
+                let at = max(tick, queue.nowUs)
+                if !pendingWakes[node].contains(at) {
+                    pendingWakes[node].insert(at)
+                    queue.schedule(atUs: at, .tick(node: node, incarnation: nodes[node].incarnation, periodic: false))
+                }
+            }
+        }
+    }
+
+    func applyGranted(_ node: Int, _ id: Int) {
+        guard let op = live[id], let versions = op.granted else { return }
+        var missing: [String] = []
+        for w in op.op.writes {
+            guard let version = versions[map[w.location]] else { missing.append(layout.name(w.location)); continue }
+            var data = nodes[node].store.visible[w.location]
+            data.version = version
+            for s in w.slots { data.slots[s] = op.stamp }
+            let token = nodes[node].nextPrivateToken
+            nodes[node].nextPrivateToken += 1
+            log("\(nodeName(node)) op#\(id) writes \(layout.name(w.location)) := \(data)")
+            nodes[node].store.issueWrite(token: token, location: w.location, data, sync: false, nowUs: queue.nowUs, clientOp: id)
+        }
+        if !missing.isEmpty { fail(.invariant, "\(nodeName(node)) granted op#\(id) without a version for \(missing)") }
+        var reads: [RegisterKey: WriteStamp] = [:]
+        for loc in op.op.reads {
+            for (s, v) in nodes[node].store.visible[loc].slots.enumerated() { reads[RegisterKey(location: loc, slot: s)] = v }
+        }
+        step(node, .operationFinished(OperationID(UInt64(id)), unwritten: []))
+        guard nodes[node].isUp else { return }
+        finishOp(node, id, error: nil, reads: reads)
+    }
+
+    func transmit(from node: Int, _ m: Message) {
+        guard let epoch = network.currentEpoch,
+              let at = network.send(from: node, nowUs: queue.nowUs, random: &netRandom) else {
+            log("\(nodeName(node)) -> (no connection) \(MessageDescriber.describe(m))")
+            return
+        }
+        inFlightMessages += 1
+        log("\(nodeName(node)) -> \(MessageDescriber.describe(m))")
+        queue.schedule(atUs: at, .deliver(to: 1 - node, epoch: epoch, m))
+    }
+
+    func scheduleIo(_ node: Int, _ io: IO) {
+        // Completions come back in issue order, like a journal.
+        let at = max(queue.nowUs + diskRandom.uint64(0...config.diskLatencyMaxUs), nodes[node].lastIoCompletionUs)
+        nodes[node].lastIoCompletionUs = at
+        queue.schedule(atUs: at, .ioDone(node: node, incarnation: nodes[node].incarnation, io))
+    }
+
+    func scheduleTick(_ node: Int, afterUs: SimTimeUs, periodic: Bool) {
+        queue.schedule(afterUs: afterUs, .tick(node: node, incarnation: nodes[node].incarnation, periodic: periodic))
+    }
+
+    func finishOp(_ node: Int, _ id: Int, error: String?, reads: [RegisterKey: WriteStamp] = [:]) {
+        guard let op = live[id], op.node == node else {
+            fail(.invariant, "\(nodeName(node)) finished op#\(id), which is not in flight there")
+            return
+        }
+        live[id] = nil
+        if let error {
+            history.complete(id, atUs: queue.nowUs, outcome: .failed(error))
+            metrics.operationsFailed += 1
+            log("\(nodeName(node)) op#\(id) FAILED: \(error)")
+        } else {
+            if options.kernelCache {
+                for loc in op.op.reads { nodes[node].cache[loc] = nodes[node].store.visible[loc] }
+                for w in op.op.writes { nodes[node].cache[w.location] = nodes[node].store.visible[w.location] }
+            }
+            history.complete(id, atUs: queue.nowUs, outcome: .ok, reads: reads)
+            metrics.operationsCompleted += 1
+            let latency = Double(queue.nowUs - history.op(id).invokeUs)
+            metrics.roundTripsTotal += latency / network.meanRoundTripUs
+            if nodes[node].requestsSent == op.requestsAtStart { metrics.localOperations += 1 }
+            log("\(nodeName(node)) op#\(id) done" + (reads.isEmpty ? "" : " read \(reads.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })"))
+        }
+        if let client = op.client { clientDone(node: node, client: client) }
+    }
+
+    func clientDone(node: Int, client: Int) {
+        nodes[node].clientOps[client] = nil
+        queue.schedule(afterUs: clientRandom.uint64(0...config.thinkTimeMaxUs), .clientNext(node: node, client: client))
+    }
+
+    func injectFaults() {
+        if network.isConnected && faultRandom.chance(config.disconnectChance) {
+            let until = faultRandom.chance(config.partitionChance) ? queue.nowUs + config.partitionUs : nil
+            disconnect(partitionUntilUs: until, reason: "fault")
+        }
+        if faultRandom.chance(config.crashChance) {
+            let node = faultRandom.int(0...1)
+            if nodes[node].isUp {
+                crash(node, kind: faultRandom.chance(config.powerLossFraction) ? .powerLoss : .processKill)
+                if !restartScheduled[node] {
+                    restartScheduled[node] = true
+                    queue.schedule(afterUs: config.restartDelayUs + 1, .restart(node: node))
+                }
+            }
+        }
+    }
+
+    func scheduleReconnect(afterUs: SimTimeUs) {
+        guard !reconnectScheduled else { return }
+        reconnectScheduled = true
+        queue.schedule(afterUs: afterUs, .reconnect)
+    }
+
+    public func startHealing() {
+        guard phase == .faulty else { return }
+        phase = .healing
+        healStartUs = queue.nowUs
+        log("healing: no more faults or new operations")
+        network.healPartition(nowUs: queue.nowUs)
+        for node in 0..<2 where !nodes[node].isUp && !restartScheduled[node] {
+            restartScheduled[node] = true
+            queue.schedule(afterUs: 1, .restart(node: node))
+        }
+        scheduleReconnect(afterUs: 1)
+    }
+
+    /// Healed and drained: connected, nothing in flight, no out-of-sync data on either node.
+    public var isQuiescent: Bool {
+        network.isConnected && heldCount == 0 && isSettled
+            && nodes.allSatisfy { n in n.core.map { map.view(of: $0).oos.isEmpty } ?? false }
+    }
+
+    // MARK: - Checks
+
+    func fail(_ kind: Violation.Kind, _ detail: String) {
+        let v = Violation(kind, atUs: queue.nowUs, detail)
+        violations.append(v)
+        log("VIOLATION \(v)")
+    }
+
+    func names(_ ids: Set<Int>) -> [String] { ids.sorted().map(layout.name) }
+
+    func checkInvariants() {
+        guard !invariantReported else { return }
+        let views = nodes.map { $0.core.map { map.view(of: $0) } }
+        for x in 0..<2 {
+            guard let v = views[x] else { continue }
+            let both = v.mos.intersection(v.moos)
+            if !both.isEmpty {
+                invariantReported = true
+                fail(.invariant, "\(nodeName(x)) holds MOS and MOOS together for \(names(both))")
+            }
+            // The peer's MOOS must be durable wherever this node holds MOS (PROTOCOL invariant; hazard 7).
+            let peerStore = nodes[1 - x].store
+            let peerMoos = map.ids(peerStore.persisted.moos)
+            let unbacked = v.mos.subtracting(peerMoos)
+            if !unbacked.isEmpty {
+                invariantReported = true
+                fail(.invariant, "\(nodeName(x)) holds MOS for \(names(unbacked)) but \(nodeName(1 - x)) has no durable MOOS there")
+            }
+            if let core = nodes[x].core {
+                let selfCheck = core.checkInvariants()
+                if !selfCheck.isEmpty {
+                    invariantReported = true
+                    fail(.invariant, "\(nodeName(x)) core self-check: \(selfCheck.prefix(3).joined(separator: "; "))")
+                }
+            }
+        }
+        if let a = views[0], let b = views[1] {
+            let shared = a.mos.intersection(b.mos)
+            if !shared.isEmpty {
+                invariantReported = true
+                fail(.invariant, "both nodes hold MOS for \(names(shared))")
+            }
+        }
+    }
+
+    func stuckSummary() -> String {
+        let pending = live.keys.sorted().prefix(4).map { "op#\($0) \(live[$0]!.op.label) on \(nodeName(live[$0]!.node))" }
+        let views = (0..<2).map { n in
+            view(n).map { v in "\(nodeName(n)): oos=\(names(v.oos)) moos=\(names(v.moos)) mos=\(names(v.mos))" }
+                ?? "\(nodeName(n)): down"
+        }
+        return "pending \(pending) (\(live.count) in all), connected=\(network.isConnected), messages in flight \(inFlightMessages), \(views.joined(separator: "; "))"
+    }
+
+    /// The final checks: convergence, drained bitmaps, and the history (including final contents as late reads).
+    public func finish() {
+        defer { phase = .finished }
+        for node in 0..<2 { if let core = nodes[node].core { metrics.absorb(core.status.counters) } }
+        guard nodes.allSatisfy(\.isUp) else {
+            fail(.noProgress, "a node is still down at the end")
+            return
+        }
+        var diverged: [String] = []
+        for loc in 0..<layout.locationCount {
+            let a = nodes[0].store.visible[loc], b = nodes[1].store.visible[loc]
+            if a != b { diverged.append("\(layout.name(loc)): A=\(a) B=\(b)") }
+        }
+        if !diverged.isEmpty {
+            fail(.divergence, "stores differ after healing at \(diverged.count) location(s): \(diverged.prefix(4).joined(separator: "; "))")
+        }
+        let va = view(0)!, vb = view(1)!
+        if !va.oos.isEmpty || !vb.oos.isEmpty {
+            fail(.undrained, "OOS not empty after healing: A=\(names(va.oos)) B=\(names(vb.oos))")
+        }
+        if !va.mos.isSubset(of: vb.moos) || !vb.mos.isSubset(of: va.moos) {
+            fail(.undrained, "MOS not mirrored by the peer's MOOS: A.mos=\(names(va.mos)) B.moos=\(names(vb.moos)) B.mos=\(names(vb.mos)) A.moos=\(names(va.moos))")
+        }
+        var finals: [[RegisterKey: WriteStamp]] = [[:], [:]]
+        for node in 0..<2 {
+            for loc in 0..<layout.locationCount {
+                for (s, v) in nodes[node].store.visible[loc].slots.enumerated() { finals[node][RegisterKey(location: loc, slot: s)] = v }
+            }
+        }
+        for v in HistoryChecker.check(history, finalValues: finals, finalTimeUs: queue.nowUs + 1) {
+            violations.append(v)
+            log("VIOLATION \(v)")
+        }
+    }
+}

@@ -1,0 +1,162 @@
+// TwinSim/Store.swift: one node's simulated disk.
+// Owns: the visible contents of every location (what a read of the backing store returns now), which writes would
+// survive a power loss, the node's persisted protocol image (2-bit states and clock reservation), and the I/O still in
+// flight.
+// Must never: make a write survive less than its contract promises (a completed `sync` write, a completed persist, and
+// after a process kill everything written), nor more than a seed-chosen amount beyond that: that boundary is exactly
+// the durability contract the core is checked against.
+
+import MirrorCore
+
+/// The content of one location: its version and one stamp per slot.
+public struct LocationData: Equatable, Sendable, CustomStringConvertible {
+    public var version: Version
+    public var slots: [WriteStamp]
+    public init(version: Version, slots: [WriteStamp]) { self.version = version; self.slots = slots }
+    public static func initial(slots: Int) -> LocationData { LocationData(version: .zero, slots: Array(repeating: 0, count: slots)) }
+    public var description: String { "\(version)\(slots)" }
+
+    /// Slots travel as 8 little-endian bytes each, so the core carries opaque bytes as it would in a real node.
+    public var payload: Payload {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(slots.count * 8)
+        for s in slots { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: s >> (8 * UInt64(i)))) } }
+        return Payload(bytes)
+    }
+
+    public init?(payload: Payload, version: Version, slots expected: Int) {
+        guard payload.bytes.count == expected * 8 else { return nil }
+        var slots: [WriteStamp] = []
+        for k in 0..<expected {
+            var v: UInt64 = 0
+            for i in 0..<8 { v |= UInt64(payload.bytes[8 * k + i]) << (8 * UInt64(i)) }
+            slots.append(v)
+        }
+        self.init(version: version, slots: slots)
+    }
+}
+
+/// What a node finds in its bitmap table after a restart.
+public struct PersistedImage: Equatable, Sendable {
+    public var states: [Location: PersistedState] = [:]
+    public var clockReservation: UInt64 = 0
+    public init() {}
+    public mutating func apply(_ batch: PersistBatch) {
+        for e in batch.entries { states[e.location] = e.state == PersistedState.none ? nil : e.state }
+        if let r = batch.clockReservation { clockReservation = r }
+    }
+    /// Locations whose durable state includes MOOS.
+    public var moos: Set<Location> {
+        Set(states.compactMap { $0.value == .moos || $0.value == .contested ? $0.key : nil })
+    }
+}
+
+public struct SimStore: Sendable {
+    struct DataWrite {
+        let location: Int
+        let data: LocationData
+        let issuedUs: SimTimeUs
+        let sync: Bool
+        var completed: Bool
+        /// The client operation whose write this is (nil for data that came from the peer).
+        let clientOp: Int?
+    }
+
+    public private(set) var visible: [LocationData]
+    /// Per location: content certain to survive a power loss.
+    public private(set) var durable: [LocationData]
+    /// Data writes not yet certain to survive a power loss, in issue order, by token (client writes get private tokens).
+    private var unhardened: [(token: UInt64, write: DataWrite)] = []
+    public private(set) var persisted = PersistedImage()
+    /// Persist batches issued but not yet reported durable, in token order.
+    private var persistInFlight: [(token: UInt64, batch: PersistBatch)] = []
+    /// The operating system writes dirty pages back after this long even without a sync.
+    public let writebackUs: SimTimeUs
+
+    public init(layout: SimLayout, writebackUs: SimTimeUs) {
+        let initial = (0..<layout.locationCount).map { LocationData.initial(slots: layout.slotCounts[$0]) }
+        visible = initial
+        durable = initial
+        self.writebackUs = writebackUs
+    }
+
+    /// Image a restart would find if the process were killed now (the kernel keeps what was written).
+    public var persistedAfterKill: PersistedImage {
+        var image = persisted
+        for (_, b) in persistInFlight { image.apply(b) }
+        return image
+    }
+
+    public var hasIOInFlight: Bool {
+        !persistInFlight.isEmpty || unhardened.contains { !$0.write.completed }
+    }
+
+    /// A write reaches the page cache at once (later reads see it).
+    public mutating func issueWrite(token: UInt64, location: Int, _ data: LocationData, sync: Bool, nowUs: SimTimeUs,
+                                    clientOp: Int? = nil) {
+        visible[location] = data
+        unhardened.append((token, DataWrite(location: location, data: data, issuedUs: nowUs, sync: sync,
+                                            completed: clientOp != nil, clientOp: clientOp)))
+    }
+
+    /// The write's completion: a sync write is now durable, and so is everything written before it to that location.
+    public mutating func completeWrite(token: UInt64) {
+        guard let i = unhardened.firstIndex(where: { $0.token == token }) else { return }
+        unhardened[i].write.completed = true
+        if unhardened[i].write.sync {
+            let loc = unhardened[i].write.location
+            durable[loc] = unhardened[i].write.data
+            var keep: [(token: UInt64, write: DataWrite)] = []
+            for (n, entry) in unhardened.enumerated() where !(n <= i && entry.write.location == loc) { keep.append(entry) }
+            unhardened = keep
+        }
+    }
+
+    public mutating func issuePersist(token: UInt64, _ batch: PersistBatch) {
+        persistInFlight.append((token, batch))
+    }
+
+    /// Every persist with a token up to and including `token` is durable (the core's contract for `persistDone`).
+    public mutating func completePersist(upTo token: UInt64) {
+        while let first = persistInFlight.first, first.token <= token {
+            persisted.apply(first.batch)
+            persistInFlight.removeFirst()
+        }
+    }
+
+    public enum CrashKind: String, Sendable {
+        /// kill -9: the kernel keeps everything the process wrote; the process's memory is gone.
+        case processKill = "kill"
+        /// Power loss: durable content survives, plus a seed-chosen prefix of each location's unsynced writes and of
+        /// the persists in flight.
+        case powerLoss = "power-loss"
+    }
+
+    /// Applies a crash. Returns the client operations whose completed writes vanished (allowed: they were not synced).
+    public mutating func crash(_ kind: CrashKind, nowUs: SimTimeUs, random: inout SimRandom) -> Set<Int> {
+        var rolledBack: Set<Int> = []
+        switch kind {
+        case .processKill:
+            for (_, b) in persistInFlight { persisted.apply(b) }
+            for (_, w) in unhardened { durable[w.location] = w.data }
+        case .powerLoss:
+            let keepPersists = persistInFlight.isEmpty ? 0 : random.int(0...persistInFlight.count)
+            for (_, b) in persistInFlight[..<keepPersists] { persisted.apply(b) }
+            // Per location, writes survive in order up to a random cut; written-back ones always survive.
+            var cutReached: Set<Int> = []
+            for (_, w) in unhardened {
+                let writtenBack = w.issuedUs + writebackUs <= nowUs
+                if !cutReached.contains(w.location) && (writtenBack || random.chance(0.5)) {
+                    durable[w.location] = w.data
+                } else {
+                    cutReached.insert(w.location)
+                    if let op = w.clientOp, w.completed { rolledBack.insert(op) }
+                }
+            }
+        }
+        unhardened.removeAll()
+        persistInFlight.removeAll()
+        visible = durable
+        return rolledBack
+    }
+}

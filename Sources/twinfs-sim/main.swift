@@ -15,8 +15,7 @@ func ensureDeterministicHashing() {
     #if canImport(Glibc)
     guard getenv("SWIFT_DETERMINISTIC_HASHING") == nil else { return }
     setenv("SWIFT_DETERMINISTIC_HASHING", "1", 1)
-    var args = CommandLine.unsafeArgv
-    execv("/proc/self/exe", &args[0])
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
     // If exec fails we carry on; replays within this process are still exact for the simulator's own code.
     #endif
 }

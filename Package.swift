@@ -21,7 +21,7 @@ let package = Package(
         .target(name: "CLinuxShims"),
         .target(name: "MirrorCore"),
         .target(name: "TwinStore", dependencies: ["CSQLite", "CLinuxShims"], swiftSettings: swift5),
-        .target(name: "TwinNode", dependencies: ["TwinStore", "MirrorCore", "CLinuxShims"], swiftSettings: swift5),
+        .target(name: "TwinNode", dependencies: ["TwinStore", "CLinuxShims"], swiftSettings: swift5),
         .target(name: "TwinFUSE", dependencies: ["CFuse3", "CLinuxShims", "TwinNode", "TwinStore"], swiftSettings: swift5),
         .target(name: "TwinSim", dependencies: ["MirrorCore"]),
         .executableTarget(

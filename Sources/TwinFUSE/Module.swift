@@ -1,1 +1,0 @@
-// TwinFUSE: placeholder until its first real file lands.

@@ -1,1 +1,0 @@
-// TwinNode: placeholder until its first real file lands.

@@ -1,0 +1,706 @@
+// Volume: the filesystem's POSIX semantics over one store — names, links, permissions at creation, timestamps,
+// open files, unlinked-but-open inodes. Every operation is a typed call returning FSError on failure.
+// Owns: the in-memory tables the kernel's references need (lookup counts, open handles).
+// Never: errno numbers or libfuse types (TwinFUSE's job), network waits while holding `lock`.
+import Glibc
+import CLinuxShims
+import TwinStore
+
+public struct Caller: Sendable {
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(uid: UInt32, gid: UInt32) {
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// A time to set in setattr: an explicit value, or "now" (UTIME_NOW).
+public enum TimeChange: Sendable {
+    case now
+    case value(Timestamp)
+}
+
+public struct AttributeChanges: Sendable {
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: UInt64?
+    public var atime: TimeChange?
+    public var mtime: TimeChange?
+    public var ctime: Timestamp?
+    public init() {}
+}
+
+public struct DirectoryListing: Sendable {
+    public var name: [UInt8]
+    public var record: InodeRecord
+    /// Offset to resume after this entry.
+    public var nextOffset: Int64
+}
+
+/// An open file: one data-file descriptor per open, so reads can be spliced straight from it.
+final class OpenFile {
+    let ino: UInt64
+    let fd: Int32
+    let append: Bool
+    init(ino: UInt64, fd: Int32, append: Bool) {
+        self.ino = ino
+        self.fd = fd
+        self.append = append
+    }
+}
+
+public final class Volume: @unchecked Sendable {
+    public static let maxNameBytes = 255
+    public static let maxSymlinkBytes = 4095
+    public static let maxXattrNameBytes = 255
+    public static let maxXattrValueBytes = 65536
+    static let linkMax: UInt32 = 65000
+    static let relatimeWindowNs: Int64 = 24 * 3600 * 1_000_000_000
+
+    public let store: Store
+    public let trackBytes: UInt64
+    let lock = Lock()
+    private var lookups: [UInt64: UInt64] = [:]
+    private var openCounts: [UInt64: Int] = [:]
+    private var handles: [UInt64: OpenFile] = [:]
+    private var nextHandle: UInt64 = 1
+
+    public init(store: Store) {
+        self.store = store
+        self.trackBytes = UInt64(store.identity.trackBytes)
+    }
+
+    // MARK: helpers (call with `lock` held)
+
+    private func record(_ ino: UInt64) throws -> InodeRecord {
+        guard let r = try store.inode(ino) else { throw FSError.notFound }
+        return r
+    }
+
+    private func directory(_ ino: UInt64) throws -> InodeRecord {
+        let r = try record(ino)
+        guard r.isDirectory else { throw FSError.notDirectory }
+        return r
+    }
+
+    private func checkName(_ name: [UInt8]) throws {
+        guard !name.isEmpty, !name.contains(0x2f), !name.contains(0) else { throw FSError.invalid }
+        guard name.count <= Self.maxNameBytes else { throw FSError.nameTooLong }
+    }
+
+    /// Runs `body` under the volume lock in one store transaction; SQLite failures become FSErrors.
+    private func mutate<T>(_ body: () throws -> T) throws -> T {
+        try lock.withLock {
+            defer { store.database.releaseStatements() }
+            do {
+                return try store.database.transaction(body)
+            } catch let error as SQLiteError {
+                throw FSError.fromSQLite(error)
+            }
+        }
+    }
+
+    private func query<T>(_ body: () throws -> T) throws -> T {
+        try lock.withLock {
+            defer { store.database.releaseStatements() }
+            do {
+                return try body()
+            } catch let error as SQLiteError {
+                throw FSError.fromSQLite(error)
+            }
+        }
+    }
+
+    private func touchDirectory(_ dir: inout InodeRecord, now: Timestamp) throws {
+        dir.mtime = now
+        dir.ctime = now
+        dir.version = try store.nextVersion()
+        try store.updateInode(dir)
+    }
+
+    private func noteLookup(_ ino: UInt64) {
+        lookups[ino, default: 0] += 1
+    }
+
+    /// Deletes an inode once nothing refers to it: no name, no open handle, no kernel reference.
+    private func reapIfUnreferenced(_ ino: UInt64) throws {
+        guard ino != InodeRecord.rootIno, lookups[ino] == nil, openCounts[ino] == nil,
+            let r = try store.inode(ino), r.nlink == 0
+        else { return }
+        try store.deleteInode(ino)
+    }
+
+    // MARK: lookup and attributes
+
+    public func lookup(parent: UInt64, name: [UInt8]) throws -> InodeRecord {
+        try query {
+            guard name.count <= Self.maxNameBytes else { throw FSError.nameTooLong }
+            _ = try directory(parent)
+            guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
+            let r = try record(ino)
+            noteLookup(ino)
+            return r
+        }
+    }
+
+    public func forget(_ ino: UInt64, count: UInt64) {
+        lock.withLock {
+            defer { store.database.releaseStatements() }
+            guard let n = lookups[ino] else { return }
+            if n <= count {
+                lookups[ino] = nil
+                try? store.database.transaction { try reapIfUnreferenced(ino) }
+            } else {
+                lookups[ino] = n - count
+            }
+        }
+    }
+
+    public func getattr(_ ino: UInt64) throws -> InodeRecord {
+        try query { try record(ino) }
+    }
+
+    public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?) throws -> InodeRecord {
+        try mutate {
+            var r = try record(ino)
+            let now = Timestamp.now()
+            if let mode = changes.mode { r.mode = (r.mode & UInt32(S_IFMT)) | (mode & 0o7777) }
+            if let uid = changes.uid { r.uid = uid }
+            if let gid = changes.gid { r.gid = gid }
+            if let size = changes.size {
+                guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
+                try resize(&r, to: size, handle: handle)
+                r.mtime = now
+            }
+            switch changes.atime {
+            case .now: r.atime = now
+            case .value(let t): r.atime = t
+            case nil: break
+            }
+            switch changes.mtime {
+            case .now: r.mtime = now
+            case .value(let t): r.mtime = t
+            case nil: break
+            }
+            r.ctime = changes.ctime ?? now
+            r.version = try store.nextVersion()
+            try store.updateInode(r)
+            return r
+        }
+    }
+
+    private func resize(_ r: inout InodeRecord, to size: UInt64, handle: UInt64?) throws {
+        let fd: Int32
+        var ownFD = false
+        if let handle, let file = handles[handle], file.ino == r.ino {
+            fd = file.fd
+        } else {
+            fd = try store.openData(r.ino, create: true)
+            ownFD = true
+        }
+        defer { if ownFD { close(fd) } }
+        guard ftruncate(fd, off_t(size)) == 0 else { throw FSError.fromErrno() }
+        let oldSize = r.size
+        r.size = size
+        if size < oldSize {
+            let firstGone = (size + trackBytes - 1) / trackBytes
+            try store.removeTracks(ino: r.ino, from: firstGone)
+            if size % trackBytes != 0 {
+                // The last track changed (its tail is now zeros): a new version of that location.
+                try store.setTrackVersions(ino: r.ino, tracks: (size / trackBytes)...(size / trackBytes), version: try store.nextVersion())
+            }
+        }
+    }
+
+    public func readlink(_ ino: UInt64) throws -> [UInt8] {
+        try query {
+            let r = try record(ino)
+            guard r.kind == .symlink else { throw FSError.invalid }
+            return r.target
+        }
+    }
+
+    // MARK: creating names
+
+    /// Creates a new inode named `name` in `parent`; the caller's ids own it (setgid directories pass on their gid).
+    private func makeNode(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller, rdev: UInt64 = 0, target: [UInt8] = []) throws -> InodeRecord {
+        try checkName(name)
+        var dir = try directory(parent)
+        guard try store.lookup(parent: parent, name: name) == nil else { throw FSError.exists }
+        let now = Timestamp.now()
+        let isDir = mode & UInt32(S_IFMT) == UInt32(S_IFDIR)
+        var gid = caller.gid
+        var finalMode = mode
+        if dir.mode & UInt32(S_ISGID) != 0 {
+            gid = dir.gid
+            if isDir { finalMode |= UInt32(S_ISGID) }
+        }
+        if isDir {
+            guard dir.nlink < Self.linkMax else { throw FSError.tooManyLinks }
+        }
+        let r = InodeRecord(
+            ino: try store.allocateInodeNumber(), mode: finalMode, uid: caller.uid, gid: gid, nlink: isDir ? 2 : 1,
+            size: UInt64(target.count), time: now, rdev: rdev, version: try store.nextVersion(), target: target)
+        try store.insertInode(r)
+        try store.insertEntry(parent: parent, name: name, ino: r.ino)
+        if isDir { dir.nlink += 1 }
+        try touchDirectory(&dir, now: now)
+        noteLookup(r.ino)
+        return r
+    }
+
+    public func mknod(parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) throws -> InodeRecord {
+        guard let kind = FileKind(mode: mode), kind != .directory, kind != .symlink else { throw FSError.invalid }
+        return try mutate { try makeNode(parent: parent, name: name, mode: mode, caller: caller, rdev: rdev) }
+    }
+
+    public func mkdir(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller) throws -> InodeRecord {
+        try mutate { try makeNode(parent: parent, name: name, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
+    }
+
+    public func symlink(target: [UInt8], parent: UInt64, name: [UInt8], caller: Caller) throws -> InodeRecord {
+        guard !target.isEmpty else { throw FSError.notFound }
+        guard target.count <= Self.maxSymlinkBytes else { throw FSError.nameTooLong }
+        return try mutate { try makeNode(parent: parent, name: name, mode: UInt32(S_IFLNK) | 0o777, caller: caller, target: target) }
+    }
+
+    public func link(_ ino: UInt64, newParent: UInt64, newName: [UInt8]) throws -> InodeRecord {
+        try mutate {
+            try checkName(newName)
+            var r = try record(ino)
+            guard !r.isDirectory else { throw FSError.notPermitted }
+            guard r.nlink < Self.linkMax else { throw FSError.tooManyLinks }
+            var dir = try directory(newParent)
+            guard try store.lookup(parent: newParent, name: newName) == nil else { throw FSError.exists }
+            let now = Timestamp.now()
+            try store.insertEntry(parent: newParent, name: newName, ino: ino)
+            r.nlink += 1
+            r.ctime = now
+            r.version = try store.nextVersion()
+            try store.updateInode(r)
+            try touchDirectory(&dir, now: now)
+            noteLookup(ino)
+            return r
+        }
+    }
+
+    // MARK: removing names
+
+    /// Drops one link of `ino`; the inode itself goes once nothing refers to it.
+    private func dropLink(_ r: inout InodeRecord, now: Timestamp) throws {
+        if r.isDirectory {
+            r.nlink = 0
+        } else {
+            r.nlink -= 1
+        }
+        r.ctime = now
+        r.version = try store.nextVersion()
+        try store.updateInode(r)
+        try reapIfUnreferenced(r.ino)
+    }
+
+    public func unlink(parent: UInt64, name: [UInt8]) throws {
+        try mutate {
+            var dir = try directory(parent)
+            guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
+            var r = try record(ino)
+            guard !r.isDirectory else { throw FSError.isDirectory }
+            let now = Timestamp.now()
+            try store.removeEntry(parent: parent, name: name)
+            try touchDirectory(&dir, now: now)
+            try dropLink(&r, now: now)
+        }
+    }
+
+    public func rmdir(parent: UInt64, name: [UInt8]) throws {
+        try mutate {
+            var dir = try directory(parent)
+            guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
+            var r = try record(ino)
+            guard r.isDirectory else { throw FSError.notDirectory }
+            guard try !store.hasEntries(parent: ino) else { throw FSError.notEmpty }
+            let now = Timestamp.now()
+            try store.removeEntry(parent: parent, name: name)
+            dir.nlink -= 1
+            try touchDirectory(&dir, now: now)
+            try dropLink(&r, now: now)
+        }
+    }
+
+    public struct RenameFlags: OptionSet, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let noReplace = RenameFlags(rawValue: twin_RENAME_NOREPLACE)
+        public static let exchange = RenameFlags(rawValue: twin_RENAME_EXCHANGE)
+    }
+
+    /// True when `ino` is `ancestor` or lies below it.
+    private func isWithin(_ ino: UInt64, ancestor: UInt64) throws -> Bool {
+        var current = ino
+        var hopsLeft = 1 << 16  // a directory chain deeper than this is a corrupt store, not a real tree
+        while hopsLeft > 0 {
+            if current == ancestor { return true }
+            if current == InodeRecord.rootIno { return false }
+            guard let up = try store.parent(ofDirectory: current) else { return false }
+            current = up
+            hopsLeft -= 1
+        }
+        throw FSError.io
+    }
+
+    public func rename(parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: RenameFlags) throws {
+        guard flags.subtracting([.noReplace, .exchange]).isEmpty, !flags.contains([.noReplace, .exchange]) else {
+            throw FSError.invalid
+        }
+        try mutate {
+            try checkName(newName)
+            var from = try directory(parent)
+            guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
+            var moved = try record(ino)
+            _ = try directory(newParent)
+            let existing = try store.lookup(parent: newParent, name: newName)
+            let now = Timestamp.now()
+            if flags.contains(.exchange) {
+                guard let other = existing else { throw FSError.notFound }
+                if other == ino { return }
+                var swapped = try record(other)
+                if moved.isDirectory, try isWithin(newParent, ancestor: ino) { throw FSError.invalid }
+                if swapped.isDirectory, try isWithin(parent, ancestor: other) { throw FSError.invalid }
+                try store.retargetEntry(parent: parent, name: name, ino: other)
+                try store.retargetEntry(parent: newParent, name: newName, ino: ino)
+                if parent != newParent && moved.isDirectory != swapped.isDirectory {
+                    var to = try directory(newParent)
+                    let delta: Int32 = moved.isDirectory ? 1 : -1
+                    to.nlink = UInt32(Int32(to.nlink) + delta)
+                    from.nlink = UInt32(Int32(from.nlink) - delta)
+                    try touchDirectory(&to, now: now)
+                } else if parent != newParent {
+                    var to = try directory(newParent)
+                    try touchDirectory(&to, now: now)
+                }
+                try touchDirectory(&from, now: now)
+                for var r in [moved, swapped] {
+                    r.ctime = now
+                    r.version = try store.nextVersion()
+                    try store.updateInode(r)
+                }
+                swapped.ctime = now
+                return
+            }
+            if let target = existing {
+                if target == ino { return }  // two names of one inode: POSIX says do nothing
+                if flags.contains(.noReplace) { throw FSError.exists }
+                var victim = try record(target)
+                if moved.isDirectory {
+                    guard victim.isDirectory else { throw FSError.notDirectory }
+                    guard try !store.hasEntries(parent: target) else { throw FSError.notEmpty }
+                } else if victim.isDirectory {
+                    throw FSError.isDirectory
+                }
+                if moved.isDirectory, try isWithin(newParent, ancestor: ino) { throw FSError.invalid }
+                try store.removeEntry(parent: newParent, name: newName)
+                if victim.isDirectory {
+                    // The replaced directory's ".." no longer counts against the new parent.
+                    var to = try directory(newParent)
+                    to.nlink -= 1
+                    try store.updateInode(to)
+                }
+                try dropLink(&victim, now: now)
+            } else if moved.isDirectory, try isWithin(newParent, ancestor: ino) {
+                throw FSError.invalid
+            }
+            try store.removeEntry(parent: parent, name: name)
+            try store.insertEntry(parent: newParent, name: newName, ino: ino)
+            if parent != newParent {
+                var to = try directory(newParent)
+                if moved.isDirectory {
+                    guard to.nlink < Self.linkMax else { throw FSError.tooManyLinks }
+                    to.nlink += 1
+                    from.nlink -= 1
+                }
+                try touchDirectory(&to, now: now)
+            }
+            try touchDirectory(&from, now: now)
+            moved.ctime = now
+            moved.version = try store.nextVersion()
+            try store.updateInode(moved)
+        }
+    }
+
+    // MARK: open files
+
+    private func register(_ ino: UInt64, fd: Int32, append: Bool) -> UInt64 {
+        let handle = nextHandle
+        nextHandle += 1
+        handles[handle] = OpenFile(ino: ino, fd: fd, append: append)
+        openCounts[ino, default: 0] += 1
+        return handle
+    }
+
+    public func open(_ ino: UInt64, flags: Int32) throws -> UInt64 {
+        try mutate {
+            var r = try record(ino)
+            guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
+            let fd = try store.openData(ino, create: true)
+            if flags & O_TRUNC != 0 && r.size != 0 {
+                do {
+                    try resize(&r, to: 0, handle: nil)
+                } catch {
+                    close(fd)
+                    throw error
+                }
+                let now = Timestamp.now()
+                r.mtime = now
+                r.ctime = now
+                r.version = try store.nextVersion()
+                try store.updateInode(r)
+            }
+            return register(ino, fd: fd, append: flags & O_APPEND != 0)
+        }
+    }
+
+    public func create(parent: UInt64, name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) throws -> (InodeRecord, UInt64) {
+        try mutate {
+            if let existing = try store.lookup(parent: parent, name: name) {
+                // The kernel normally resolves this with lookup first; honour O_EXCL if it races.
+                if flags & O_EXCL != 0 { throw FSError.exists }
+                var r = try record(existing)
+                guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
+                if flags & O_TRUNC != 0 { try resize(&r, to: 0, handle: nil) }
+                let fd = try store.openData(existing, create: true)
+                noteLookup(existing)
+                return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
+            }
+            let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
+            let fd = try store.openData(r.ino, create: true)
+            return (r, register(r.ino, fd: fd, append: flags & O_APPEND != 0))
+        }
+    }
+
+    public func release(_ handle: UInt64) {
+        lock.withLock {
+            defer { store.database.releaseStatements() }
+            guard let file = handles.removeValue(forKey: handle) else { return }
+            close(file.fd)
+            let n = openCounts[file.ino, default: 1] - 1
+            openCounts[file.ino] = n > 0 ? n : nil
+            if n <= 0 {
+                try? store.database.transaction { try reapIfUnreferenced(file.ino) }
+            }
+        }
+    }
+
+    private func file(_ handle: UInt64) throws -> OpenFile {
+        guard let f = handles[handle] else { throw FSError.badHandle }
+        return f
+    }
+
+    /// Where a read of `size` bytes at `offset` comes from: the data file's descriptor and the byte count
+    /// that lies inside the file (reads stop at end of file). Updates atime the way relatime does.
+    public func readSource(handle: UInt64, offset: UInt64, size: Int) throws -> (fd: Int32, count: Int) {
+        try query {
+            let f = try file(handle)
+            var r = try record(f.ino)
+            let count = offset >= r.size ? 0 : Int(min(UInt64(size), r.size - offset))
+            let now = Timestamp.now()
+            if r.atime <= r.mtime || r.atime <= r.ctime || now.nanoseconds - r.atime.nanoseconds > Self.relatimeWindowNs {
+                r.atime = now
+                try store.updateInode(r)
+            }
+            return (f.fd, count)
+        }
+    }
+
+    /// The descriptor and file offset a write must use (O_APPEND writes go to the end of the file).
+    public func writeTarget(handle: UInt64, offset: UInt64) throws -> (fd: Int32, offset: UInt64) {
+        try query {
+            let f = try file(handle)
+            guard f.append else { return (f.fd, offset) }
+            return (f.fd, try record(f.ino).size)
+        }
+    }
+
+    /// Records a completed write of `count` bytes at `offset`: size, times, versions of the inode and its tracks.
+    public func didWrite(handle: UInt64, offset: UInt64, count: Int) throws {
+        guard count > 0 else { return }
+        try mutate {
+            let f = try file(handle)
+            var r = try record(f.ino)
+            let end = offset + UInt64(count)
+            if end > r.size { r.size = end }
+            let now = Timestamp.now()
+            r.mtime = now
+            r.ctime = now
+            let version = try store.nextVersion()
+            r.version = version
+            try store.setTrackVersions(ino: f.ino, tracks: (offset / trackBytes)...((end - 1) / trackBytes), version: version)
+            try store.updateInode(r)
+        }
+    }
+
+    public func fsync(handle: UInt64?, ino: UInt64, dataOnly: Bool) throws {
+        let fd: Int32? = try query { try handle.map { try file($0).fd } }
+        if let fd {
+            let rc = dataOnly ? twin_fdatasync(fd) : Glibc.fsync(fd)
+            guard rc == 0 else { throw FSError.fromErrno() }
+        }
+        try query { try store.syncMetadata() }
+    }
+
+    public func fsyncDirectory() throws {
+        try query { try store.syncMetadata() }
+    }
+
+    public struct FallocateMode: OptionSet, Sendable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let keepSize = FallocateMode(rawValue: twin_FALLOC_FL_KEEP_SIZE)
+        public static let punchHole = FallocateMode(rawValue: twin_FALLOC_FL_PUNCH_HOLE)
+    }
+
+    public func fallocate(handle: UInt64, mode: FallocateMode, offset: UInt64, length: UInt64) throws {
+        guard mode.subtracting([.keepSize, .punchHole]).isEmpty else { throw FSError.notSupported }
+        if mode.contains(.punchHole) && !mode.contains(.keepSize) { throw FSError.notSupported }
+        guard length > 0 else { throw FSError.invalid }
+        try mutate {
+            let f = try file(handle)
+            var r = try record(f.ino)
+            guard twin_fallocate(f.fd, mode.rawValue, off_t(offset), off_t(length)) == 0 else { throw FSError.fromErrno() }
+            let now = Timestamp.now()
+            let end = offset + length
+            if mode.contains(.punchHole) {
+                let last = min(end, r.size)
+                if offset < last {
+                    try store.setTrackVersions(ino: f.ino, tracks: (offset / trackBytes)...((last - 1) / trackBytes), version: try store.nextVersion())
+                }
+                r.mtime = now
+            } else if !mode.contains(.keepSize), end > r.size {
+                r.size = end
+                r.mtime = now
+            }
+            r.ctime = now
+            r.version = try store.nextVersion()
+            try store.updateInode(r)
+        }
+    }
+
+    public enum SeekWhence: Sendable { case data, hole }
+
+    public func seek(handle: UInt64, offset: UInt64, whence: SeekWhence) throws -> UInt64 {
+        try query {
+            let f = try file(handle)
+            let size = try record(f.ino).size
+            guard offset < size else { throw FSError.system(ENXIO) }
+            let result = lseek(f.fd, off_t(offset), whence == .data ? twin_SEEK_DATA : twin_SEEK_HOLE)
+            if result < 0 {
+                // Past the data file's end but inside the logical size: all hole.
+                if errno == ENXIO { return whence == .hole ? offset : size }
+                throw FSError.fromErrno()
+            }
+            return min(UInt64(result), size)
+        }
+    }
+
+    // MARK: directories
+
+    public func opendir(_ ino: UInt64) throws {
+        _ = try query { try directory(ino) }
+    }
+
+    /// Entries after `offset` (0 = start; 1 and 2 are "." and ".."), at most `limit` of them.
+    /// With `plus`, each returned entry other than "." and ".." counts as a lookup.
+    public func readdir(_ ino: UInt64, offset: Int64, limit: Int, plus: Bool) throws -> [DirectoryListing] {
+        try query {
+            let dir = try directory(ino)
+            var out: [DirectoryListing] = []
+            if offset < 1 { out.append(DirectoryListing(name: Array(".".utf8), record: dir, nextOffset: 1)) }
+            if offset < 2 {
+                let parentIno = ino == InodeRecord.rootIno ? ino : (try store.parent(ofDirectory: ino) ?? ino)
+                let parentRecord = try store.inode(parentIno) ?? dir
+                out.append(DirectoryListing(name: Array("..".utf8), record: parentRecord, nextOffset: 2))
+            }
+            let entries = try store.entries(parent: ino, after: max(offset - 2, 0), limit: max(limit - out.count, 1))
+            for e in entries {
+                guard let r = try store.inode(e.ino) else { continue }
+                out.append(DirectoryListing(name: e.name, record: r, nextOffset: e.cookie + 2))
+            }
+            return out
+        }
+    }
+
+    /// readdirplus hands the kernel a reference for each entry it accepted.
+    public func noteLookups(_ inos: [UInt64]) {
+        lock.withLock { for ino in inos { noteLookup(ino) } }
+    }
+
+    // MARK: xattrs
+
+    private func checkXattrName(_ name: [UInt8]) throws {
+        guard !name.isEmpty else { throw FSError.invalid }
+        guard name.count <= Self.maxXattrNameBytes else { throw FSError.range }
+        // POSIX ACLs would be stored but never enforced: refuse them rather than pretend.
+        if name.starts(with: Array("system.".utf8)) { throw FSError.notSupported }
+    }
+
+    public func setxattr(_ ino: UInt64, name: [UInt8], value: [UInt8], create: Bool, replace: Bool) throws {
+        try checkXattrName(name)
+        guard value.count <= Self.maxXattrValueBytes else { throw FSError.system(E2BIG) }
+        try mutate {
+            var r = try record(ino)
+            let exists = try store.xattr(ino: ino, name: name) != nil
+            if create && exists { throw FSError.exists }
+            if replace && !exists { throw FSError.noAttribute }
+            try store.setXattr(ino: ino, name: name, value: value)
+            r.ctime = Timestamp.now()
+            r.version = try store.nextVersion()
+            try store.updateInode(r)
+        }
+    }
+
+    public func getxattr(_ ino: UInt64, name: [UInt8]) throws -> [UInt8] {
+        try query {
+            _ = try record(ino)
+            guard let value = try store.xattr(ino: ino, name: name) else { throw FSError.noAttribute }
+            return value
+        }
+    }
+
+    public func listxattr(_ ino: UInt64) throws -> [[UInt8]] {
+        try query {
+            _ = try record(ino)
+            return try store.xattrNames(ino: ino)
+        }
+    }
+
+    public func removexattr(_ ino: UInt64, name: [UInt8]) throws {
+        try mutate {
+            var r = try record(ino)
+            guard try store.removeXattr(ino: ino, name: name) else { throw FSError.noAttribute }
+            r.ctime = Timestamp.now()
+            r.version = try store.nextVersion()
+            try store.updateInode(r)
+        }
+    }
+
+    // MARK: filesystem
+
+    public struct Statistics: Sendable {
+        public var blockBytes: UInt64
+        public var blocks: UInt64
+        public var blocksFree: UInt64
+        public var blocksAvailable: UInt64
+        public var files: UInt64
+        public var filesFree: UInt64
+    }
+
+    public func statfs() throws -> Statistics {
+        try query {
+            let st = try store.backingStatistics()
+            return Statistics(
+                blockBytes: UInt64(st.f_frsize), blocks: UInt64(st.f_blocks), blocksFree: UInt64(st.f_bfree),
+                blocksAvailable: UInt64(st.f_bavail), files: UInt64(st.f_files), filesFree: UInt64(st.f_ffree))
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// TwinStore: placeholder until its first real file lands.

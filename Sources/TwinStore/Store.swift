@@ -1,0 +1,463 @@
+// Store: the on-disk state of one node. Metadata (inode records, directory entries, xattrs, per-track versions,
+// counters) live in SQLite in WAL mode (meta.db); file data live as tracks in one sparse file per inode
+// (data/XX/<ino>). Owns: the store's format, its lock, allocation of inode numbers and versions.
+// Never: POSIX policy (permissions, timestamps: TwinNode decides), threads (callers serialize access).
+import Foundation
+import Glibc
+import CLinuxShims
+
+public struct StoreCounts: Equatable, Sendable {
+    public var inodes: Int
+    public var directories: Int
+    public var tracks: Int
+    public var dataBytes: UInt64
+}
+
+public final class Store {
+    public static let schemaVersion: Int64 = 1
+    static let inodeReserveBlock: UInt64 = 4096
+    static let versionReserveBlock: UInt64 = 1 << 16
+
+    public let root: String
+    public let identity: StoreIdentity
+    public let database: SQLiteDatabase
+    private let lockFD: Int32
+    private let dataDirFD: Int32
+    private var walFD: Int32 = -1
+
+    private var nextInodeSequence: UInt64 = 0
+    private var reservedInodeSequence: UInt64 = 0
+    private var lamport: UInt64 = 0
+    private var reservedLamport: UInt64 = 0
+
+    // MARK: create
+
+    /// Creates a new store at `path` (which must not exist, or be an empty directory).
+    @discardableResult
+    public static func create(at path: String, nodeName: String, trackBytes: Int, nodeIndex: UInt16? = nil) throws -> StoreIdentity {
+        try StoreIdentity.validateTrackBytes(trackBytes)
+        try StoreIdentity.validateNodeName(nodeName)
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: path, isDirectory: &isDir) {
+            guard isDir.boolValue, (try? fm.contentsOfDirectory(atPath: path))?.isEmpty == true else {
+                throw StoreError.alreadyExists(path: path)
+            }
+        } else {
+            do { try fm.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+                throw StoreError.io(path: path, detail: "cannot create directory: \(error.localizedDescription)")
+            }
+        }
+        let index = nodeIndex ?? UInt16.random(in: 1...0xFFFE)
+        let identity = StoreIdentity(volumeID: UUID().uuidString.lowercased(), nodeName: nodeName, nodeIndex: index, trackBytes: trackBytes)
+        do {
+            let data = "\(path)/data"
+            try fm.createDirectory(atPath: data, withIntermediateDirectories: false)
+            for bucket in 0..<256 {
+                try fm.createDirectory(atPath: "\(data)/\(hex2(bucket))", withIntermediateDirectories: false)
+            }
+            let db = try SQLiteDatabase(path: "\(path)/meta.db", create: true)
+            try configure(db)
+            try db.transaction {
+                try db.execute(schemaSQL)
+                let now = Timestamp.now()
+                let rootRecord = InodeRecord(
+                    ino: InodeRecord.rootIno, mode: UInt32(S_IFDIR) | 0o755, uid: getuid(), gid: getgid(), nlink: 2, time: now,
+                    version: (1 << 16) | UInt64(index))
+                try insert(rootRecord, into: db)
+                try db.statement("INSERT INTO counters(name, value) VALUES ('inode_seq', 1), ('lamport', 2)").run()
+                try db.execute("PRAGMA user_version = \(schemaVersion)")
+            }
+            // The identity file is written last and atomically: a store without it is not a store yet.
+            let conf = "\(path)/\(StoreIdentity.fileName)"
+            try identity.serialized().write(toFile: conf + ".tmp", atomically: false, encoding: .utf8)
+            try syncPath(conf + ".tmp")
+            guard rename(conf + ".tmp", conf) == 0 else { throw FSError.fromErrno() }
+            try syncPath(path)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError.io(path: path, detail: "cannot initialise store: \(error)")
+        }
+        return identity
+    }
+
+    static let schemaSQL = """
+        CREATE TABLE inodes(
+            ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+            nlink INTEGER NOT NULL, size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
+            ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, version INTEGER NOT NULL, target BLOB NOT NULL);
+        CREATE TABLE dirents(
+            id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
+            UNIQUE(parent, name));
+        CREATE INDEX dirents_by_parent ON dirents(parent);
+        CREATE INDEX dirents_by_ino ON dirents(ino);
+        CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name)) WITHOUT ROWID;
+        CREATE TABLE tracks(ino INTEGER NOT NULL, idx INTEGER NOT NULL, version INTEGER NOT NULL, PRIMARY KEY(ino, idx)) WITHOUT ROWID;
+        CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        """
+
+    static func configure(_ db: SQLiteDatabase) throws {
+        // WAL + synchronous=NORMAL: a commit survives a crash of the daemon (it reached the kernel);
+        // fsync() additionally syncs the WAL (syncMetadata) so it survives a crash of the machine.
+        try db.execute("PRAGMA journal_mode=WAL")
+        try db.execute("PRAGMA synchronous=NORMAL")
+        try db.execute("PRAGMA foreign_keys=OFF")
+        try db.execute("PRAGMA cache_size=-8000")  // 8 MiB: bounds daemon memory whatever the store's size.
+        try db.execute("PRAGMA wal_autocheckpoint=4000")
+    }
+
+    // MARK: open
+
+    private init(root: String, identity: StoreIdentity, database: SQLiteDatabase, lockFD: Int32, dataDirFD: Int32) {
+        self.root = root
+        self.identity = identity
+        self.database = database
+        self.lockFD = lockFD
+        self.dataDirFD = dataDirFD
+    }
+
+    deinit {
+        if walFD >= 0 { Glibc.close(walFD) }
+        Glibc.close(dataDirFD)
+        Glibc.close(lockFD)  // releases the flock
+    }
+
+    /// Reads and validates a store's identity without locking or opening it.
+    public static func readIdentity(at path: String) throws -> StoreIdentity {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw StoreError.missing(path: path) }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw StoreError.notAStore(path: path) }
+        let conf = "\(path)/\(StoreIdentity.fileName)"
+        guard let data = FileManager.default.contents(atPath: conf) else { throw StoreError.notAStore(path: path) }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw StoreError.corrupt(path: path, detail: "\(StoreIdentity.fileName) is not text")
+        }
+        return try StoreIdentity.parse(text, path: path)
+    }
+
+    /// Opens a store for exclusive use by this process. `readOnly` opens without the lock, for `status`.
+    public static func open(at path: String, readOnly: Bool = false) throws -> Store {
+        let identity = try readIdentity(at: path)
+        let lockFD = Glibc.open("\(path)/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lockFD >= 0 else { throw StoreError.io(path: path, detail: "cannot open lock file: \(String(cString: strerror(errno)))") }
+        if !readOnly, flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
+            Glibc.close(lockFD)
+            throw StoreError.locked(path: path)
+        }
+        let dataDirFD = Glibc.open("\(path)/data", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dataDirFD >= 0 else {
+            Glibc.close(lockFD)
+            throw StoreError.corrupt(path: path, detail: "data directory missing")
+        }
+        let store: Store
+        do {
+            guard FileManager.default.fileExists(atPath: "\(path)/meta.db") else {
+                throw StoreError.corrupt(path: path, detail: "meta.db missing")
+            }
+            let db = try SQLiteDatabase(path: "\(path)/meta.db", create: false)
+            store = Store(root: path, identity: identity, database: db, lockFD: lockFD, dataDirFD: dataDirFD)
+            try configure(db)
+            let check = try db.statement("PRAGMA quick_check")
+            guard try check.step(), check.text(0) == "ok" else {
+                throw StoreError.corrupt(path: path, detail: "meta.db fails its integrity check")
+            }
+            let version = try db.statement("PRAGMA user_version")
+            _ = try version.step()
+            let found = version.int(0)
+            if found > schemaVersion {
+                throw StoreError.newerFormat(path: path, found: Int(found), supported: Int(schemaVersion))
+            }
+            guard found == schemaVersion, try store.inode(InodeRecord.rootIno)?.isDirectory == true else {
+                throw StoreError.corrupt(path: path, detail: "meta.db has no root directory")
+            }
+        } catch let error as StoreError {
+            Glibc.close(dataDirFD)
+            Glibc.close(lockFD)
+            throw error
+        } catch let error as SQLiteError {
+            throw StoreError.corrupt(path: path, detail: "meta.db: \(error.message)")
+        }
+        if !readOnly {
+            do {
+                try store.loadCounters()
+                try store.removeOrphans()
+                try store.openWAL()
+                store.database.releaseStatements()
+            } catch {
+                throw StoreError.corrupt(path: path, detail: "cannot recover: \(error)")
+            }
+        }
+        return store
+    }
+
+    private func openWAL() throws {
+        // A trivial write makes sure the -wal file exists; its fd is kept so fsync() can make every
+        // committed frame durable without a second transaction.
+        try database.statement("UPDATE counters SET value = value WHERE name = 'lamport'").run()
+        walFD = Glibc.open("\(root)/meta.db-wal", O_RDWR | O_CLOEXEC)
+        if walFD < 0 { throw FSError.fromErrno() }
+    }
+
+    // MARK: counters
+
+    private func counter(_ name: String) throws -> UInt64 {
+        let s = try database.statement("SELECT value FROM counters WHERE name = ?").bind(.text(name))
+        guard try s.step() else { throw StoreError.corrupt(path: root, detail: "counter \(name) missing") }
+        return UInt64(bitPattern: s.int(0))
+    }
+
+    private func setCounter(_ name: String, _ value: UInt64) throws {
+        try database.statement("UPDATE counters SET value = ? WHERE name = ?").bind(.u64(value), .text(name)).run()
+    }
+
+    private func loadCounters() throws {
+        // Counters are reserved in blocks; after a crash we continue from the reserved mark, so no number
+        // handed out before the crash is ever handed out again.
+        nextInodeSequence = try counter("inode_seq")
+        reservedInodeSequence = nextInodeSequence
+        lamport = try counter("lamport")
+        reservedLamport = lamport
+    }
+
+    /// A fresh inode number: node index in the high 16 bits keeps numbers unique across a pair.
+    public func allocateInodeNumber() throws -> UInt64 {
+        if nextInodeSequence >= reservedInodeSequence {
+            reservedInodeSequence = nextInodeSequence + Self.inodeReserveBlock
+            try setCounter("inode_seq", reservedInodeSequence)
+        }
+        nextInodeSequence += 1
+        precondition(nextInodeSequence < 1 << 48, "inode sequence exhausted")
+        return UInt64(identity.nodeIndex) << 48 | nextInodeSequence
+    }
+
+    /// A fresh version, greater than every version this store has issued or seen.
+    public func nextVersion() throws -> UInt64 {
+        if lamport >= reservedLamport {
+            reservedLamport = lamport + Self.versionReserveBlock
+            try setCounter("lamport", reservedLamport)
+        }
+        lamport += 1
+        return lamport << 16 | UInt64(identity.nodeIndex)
+    }
+
+    // MARK: inodes
+
+    static func insert(_ r: InodeRecord, into db: SQLiteDatabase) throws {
+        try db.statement(
+            "INSERT INTO inodes(ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, version, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+        ).bind(
+            .u64(r.ino), .u32(r.mode), .u32(r.uid), .u32(r.gid), .u32(r.nlink), .u64(r.size), .int(r.atime.nanoseconds),
+            .int(r.mtime.nanoseconds), .int(r.ctime.nanoseconds), .u64(r.rdev), .u64(r.version), .blob(r.target)
+        ).run()
+    }
+
+    public func insertInode(_ record: InodeRecord) throws {
+        try Self.insert(record, into: database)
+    }
+
+    public func inode(_ ino: UInt64) throws -> InodeRecord? {
+        let s = try database.statement(
+            "SELECT mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, version, target FROM inodes WHERE ino = ?"
+        ).bind(.u64(ino))
+        guard try s.step() else { return nil }
+        var r = InodeRecord(
+            ino: ino, mode: UInt32(truncatingIfNeeded: s.int(0)), uid: UInt32(truncatingIfNeeded: s.int(1)),
+            gid: UInt32(truncatingIfNeeded: s.int(2)), nlink: UInt32(truncatingIfNeeded: s.int(3)),
+            size: UInt64(bitPattern: s.int(4)), time: Timestamp(nanoseconds: s.int(5)), rdev: UInt64(bitPattern: s.int(8)),
+            version: UInt64(bitPattern: s.int(9)), target: s.blob(10))
+        r.mtime = Timestamp(nanoseconds: s.int(6))
+        r.ctime = Timestamp(nanoseconds: s.int(7))
+        if r.kind == .regular {
+            var st = stat()
+            if fstatat(dataDirFD, Self.dataRelativePath(ino), &st, 0) == 0 { r.allocatedBlocks = UInt64(st.st_blocks) }
+        }
+        return r
+    }
+
+    public func updateInode(_ r: InodeRecord) throws {
+        try database.statement(
+            "UPDATE inodes SET mode=?, uid=?, gid=?, nlink=?, size=?, atime=?, mtime=?, ctime=?, rdev=?, version=?, target=? WHERE ino=?"
+        ).bind(
+            .u32(r.mode), .u32(r.uid), .u32(r.gid), .u32(r.nlink), .u64(r.size), .int(r.atime.nanoseconds),
+            .int(r.mtime.nanoseconds), .int(r.ctime.nanoseconds), .u64(r.rdev), .u64(r.version), .blob(r.target), .u64(r.ino)
+        ).run()
+    }
+
+    /// Deletes an inode with everything it owns: record, xattrs, track versions, data file.
+    public func deleteInode(_ ino: UInt64) throws {
+        try database.statement("DELETE FROM inodes WHERE ino = ?").bind(.u64(ino)).run()
+        try database.statement("DELETE FROM xattrs WHERE ino = ?").bind(.u64(ino)).run()
+        try database.statement("DELETE FROM tracks WHERE ino = ?").bind(.u64(ino)).run()
+        if unlinkat(dataDirFD, Self.dataRelativePath(ino), 0) != 0, errno != ENOENT {
+            throw FSError.fromErrno()
+        }
+    }
+
+    /// Inodes left with no links by a crash (unlinked while open) are deleted at mount.
+    private func removeOrphans() throws {
+        let s = try database.statement("SELECT ino FROM inodes WHERE nlink = 0")
+        var orphans: [UInt64] = []
+        while try s.step() { orphans.append(UInt64(bitPattern: s.int(0))) }
+        guard !orphans.isEmpty else { return }
+        try database.transaction {
+            for ino in orphans { try deleteInode(ino) }
+        }
+    }
+
+    // MARK: directory entries
+
+    public struct DirectoryEntry: Equatable, Sendable {
+        /// Stable position of the entry in its directory: readdir resumes after it.
+        public var cookie: Int64
+        public var name: [UInt8]
+        public var ino: UInt64
+    }
+
+    public func lookup(parent: UInt64, name: [UInt8]) throws -> UInt64? {
+        let s = try database.statement("SELECT ino FROM dirents WHERE parent = ? AND name = ?").bind(.u64(parent), .blob(name))
+        return try s.step() ? UInt64(bitPattern: s.int(0)) : nil
+    }
+
+    public func insertEntry(parent: UInt64, name: [UInt8], ino: UInt64) throws {
+        try database.statement("INSERT INTO dirents(parent, name, ino) VALUES (?,?,?)").bind(.u64(parent), .blob(name), .u64(ino)).run()
+    }
+
+    public func removeEntry(parent: UInt64, name: [UInt8]) throws {
+        try database.statement("DELETE FROM dirents WHERE parent = ? AND name = ?").bind(.u64(parent), .blob(name)).run()
+    }
+
+    /// Points an existing entry at another inode (rename over, exchange); keeps its cookie.
+    public func retargetEntry(parent: UInt64, name: [UInt8], ino: UInt64) throws {
+        try database.statement("UPDATE dirents SET ino = ? WHERE parent = ? AND name = ?").bind(.u64(ino), .u64(parent), .blob(name)).run()
+    }
+
+    public func entries(parent: UInt64, after cookie: Int64, limit: Int) throws -> [DirectoryEntry] {
+        let s = try database.statement("SELECT id, name, ino FROM dirents WHERE parent = ? AND id > ? ORDER BY id LIMIT ?")
+            .bind(.u64(parent), .int(cookie), .int(Int64(limit)))
+        var out: [DirectoryEntry] = []
+        while try s.step() {
+            out.append(DirectoryEntry(cookie: s.int(0), name: s.blob(1), ino: UInt64(bitPattern: s.int(2))))
+        }
+        return out
+    }
+
+    public func hasEntries(parent: UInt64) throws -> Bool {
+        try database.statement("SELECT 1 FROM dirents WHERE parent = ? LIMIT 1").bind(.u64(parent)).step()
+    }
+
+    /// The directory holding a directory (directories have exactly one entry naming them).
+    public func parent(ofDirectory ino: UInt64) throws -> UInt64? {
+        let s = try database.statement("SELECT parent FROM dirents WHERE ino = ? LIMIT 1").bind(.u64(ino))
+        return try s.step() ? UInt64(bitPattern: s.int(0)) : nil
+    }
+
+    // MARK: xattrs
+
+    public func xattr(ino: UInt64, name: [UInt8]) throws -> [UInt8]? {
+        let s = try database.statement("SELECT value FROM xattrs WHERE ino = ? AND name = ?").bind(.u64(ino), .blob(name))
+        return try s.step() ? s.blob(0) : nil
+    }
+
+    public func setXattr(ino: UInt64, name: [UInt8], value: [UInt8]) throws {
+        try database.statement("INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?,?,?)").bind(.u64(ino), .blob(name), .blob(value)).run()
+    }
+
+    public func removeXattr(ino: UInt64, name: [UInt8]) throws -> Bool {
+        try database.statement("DELETE FROM xattrs WHERE ino = ? AND name = ?").bind(.u64(ino), .blob(name)).run()
+        return database.changes > 0
+    }
+
+    public func xattrNames(ino: UInt64) throws -> [[UInt8]] {
+        let s = try database.statement("SELECT name FROM xattrs WHERE ino = ? ORDER BY name").bind(.u64(ino))
+        var names: [[UInt8]] = []
+        while try s.step() { names.append(s.blob(0)) }
+        return names
+    }
+
+    // MARK: tracks
+
+    /// Records that tracks `range` of `ino` now hold data of `version`.
+    public func setTrackVersions(ino: UInt64, tracks range: ClosedRange<UInt64>, version: UInt64) throws {
+        let s = try database.statement("INSERT OR REPLACE INTO tracks(ino, idx, version) VALUES (?,?,?)")
+        for index in range {
+            try s.bind(.u64(ino), .u64(index), .u64(version)).run()
+        }
+    }
+
+    /// Forgets tracks at or beyond `index` (after a truncate).
+    public func removeTracks(ino: UInt64, from index: UInt64) throws {
+        try database.statement("DELETE FROM tracks WHERE ino = ? AND idx >= ?").bind(.u64(ino), .u64(index)).run()
+    }
+
+    public func trackVersion(ino: UInt64, index: UInt64) throws -> UInt64? {
+        let s = try database.statement("SELECT version FROM tracks WHERE ino = ? AND idx = ?").bind(.u64(ino), .u64(index))
+        return try s.step() ? UInt64(bitPattern: s.int(0)) : nil
+    }
+
+    public func counts() throws -> StoreCounts {
+        func scalar(_ sql: String) throws -> Int64 {
+            let s = try database.statement(sql)
+            _ = try s.step()
+            return s.int(0)
+        }
+        return StoreCounts(
+            inodes: Int(try scalar("SELECT count(*) FROM inodes")),
+            directories: Int(try scalar("SELECT count(*) FROM inodes WHERE (mode & \(S_IFMT)) = \(S_IFDIR)")),
+            tracks: Int(try scalar("SELECT count(*) FROM tracks")),
+            dataBytes: UInt64(try scalar("SELECT coalesce(sum(size), 0) FROM inodes WHERE (mode & \(S_IFMT)) = \(S_IFREG)")))
+    }
+
+    // MARK: data files
+
+    static func dataRelativePath(_ ino: UInt64) -> String {
+        "\(hex2(Int(ino & 0xff)))/\(String(ino, radix: 16))"
+    }
+
+    /// Opens the sparse data file of `ino` read-write (creating it empty if asked).
+    public func openData(_ ino: UInt64, create: Bool) throws -> Int32 {
+        let fd = openat(dataDirFD, Self.dataRelativePath(ino), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0o600)
+        if fd < 0 {
+            if errno == ENOENT && !create { return -1 }
+            throw FSError.fromErrno()
+        }
+        return fd
+    }
+
+    /// Makes every committed metadata change durable (the WAL's frames reach the disk).
+    public func syncMetadata() throws {
+        if fsync(walFD) != 0 { throw FSError.fromErrno() }
+    }
+
+    /// A clean shutdown: metadata checkpointed into meta.db and everything in the store on disk.
+    public func close() throws {
+        database.releaseStatements()
+        do {
+            try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        } catch let error as SQLiteError {
+            throw StoreError.io(path: root, detail: "checkpoint failed: \(error.message)")
+        }
+        guard twin_syncfs(dataDirFD) == 0 else {
+            throw StoreError.io(path: root, detail: "syncfs failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Space of the filesystem under the store, for statfs.
+    public func backingStatistics() throws -> statvfs {
+        var st = statvfs()
+        guard fstatvfs(dataDirFD, &st) == 0 else { throw FSError.fromErrno() }
+        return st
+    }
+}
+
+func hex2(_ v: Int) -> String {
+    let digits = Array("0123456789abcdef")
+    return String([digits[(v >> 4) & 0xf], digits[v & 0xf]])
+}
+
+func syncPath(_ path: String) throws {
+    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw FSError.fromErrno() }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw FSError.fromErrno() }
+}

@@ -154,7 +154,9 @@ public final class MirrorNode {
         case .storeWriteDone(let t, let stored): writeDone(t.raw, stored)
         case .restarted(let r): restart(r)
         }
-        if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks) { pumpPushes() }
+        // A pending flush makes the background copy run now, whatever its delay.
+        if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks
+                         || !flushNeeds.isEmpty) { pumpPushes() }
         flushPersist()
     }
 
@@ -646,6 +648,7 @@ public final class MirrorNode {
     func receiveMarkReply(_ r: MarkReply) {
         observe(clock: r.clock)
         guard var om = outMarks[r.id] else { return }
+        var woken: [Location] = []
         for g in r.granted where markOf[g.location] == r.id {
             if let data = g.data, let v = g.version {
                 // Fig. 5B: the peer's unsynced data land before the token is usable for a partial write.
@@ -657,6 +660,7 @@ public final class MirrorNode {
                                        onlyIfNewer: rules.ignoreStalePushes, sync: false))
             } else {
                 takeToken(g.location, markID: r.id, om: &om)
+                woken.append(g.location)
             }
         }
         for l in r.refused where markOf[l] == r.id {
@@ -665,9 +669,11 @@ public final class MirrorNode {
             om.remaining -= 1
             takeoverRequested[l] = nil
             touch(l, before)
-            wake(l)
+            woken.append(l)
         }
         if om.remaining <= 0 { outMarks[r.id] = nil } else { outMarks[r.id] = om }
+        // Waiters run after every location of the reply is settled, so a multi-location operation sees them all.
+        for l in woken { wake(l) }
     }
 
     func takeToken(_ l: Location, markID: UInt64, om: inout OutMark) {
@@ -687,7 +693,6 @@ public final class MirrorNode {
             bits.setToken(l, .mos)
         }
         touch(l, before)
-        wake(l)
     }
 
     func answerPull(_ l: Location, prefetched: Bool) {
@@ -849,7 +854,7 @@ public final class MirrorNode {
         case .markData(let id):
             sendAck(l, w.version, durable: false)
             if markOf[l] == id, var om = outMarks[id] {
-                takeToken(l, markID: id, om: &om)
+                takeToken(l, markID: id, om: &om)  // woken below
                 if om.remaining <= 0 { outMarks[id] = nil } else { outMarks[id] = om }
             }
         }

@@ -118,7 +118,7 @@ public enum MessageDescriber {
         }
     }
 
-    static func payload(_ p: Payload) -> String {
+    public static func payload(_ p: Payload) -> String {
         let n = p.bytes.count / 8
         guard n * 8 == p.bytes.count else { return "\(p.bytes.count)B" }
         var slots: [UInt64] = []

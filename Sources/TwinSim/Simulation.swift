@@ -12,6 +12,8 @@ public struct SimOptions: Sendable {
     /// Model the kernel's page/attr cache: reads of cached locations never reach the daemon until it invalidates them.
     public var kernelCache = true
     public var trace = false
+    /// Print trace lines as they happen (so a crash of the core still shows what led to it) instead of keeping them.
+    public var streamTrace = false
     public var checkInvariantsEachStep = true
     /// After the last operation is issued, how long (simulated) the pair gets to heal, finish and drain.
     public var healBudgetUs: SimTimeUs = 120_000_000
@@ -127,8 +129,9 @@ public final class Simulation {
 
     public var nowUs: SimTimeUs { queue.nowUs }
 
+    @inline(__always)
     func log(_ text: @autoclosure () -> String) {
-        if options.trace { trace.append("\(queue.nowUs)us \(text())") }
+        if options.streamTrace { print("\(queue.nowUs)us \(text())") } else if options.trace { trace.append("\(queue.nowUs)us \(text())") }
     }
 
     // MARK: - Whole runs
@@ -344,11 +347,14 @@ public final class Simulation {
             guard nodes[node].incarnation == incarnation, nodes[node].isUp else { return }
             switch io {
             case .read(let token, let payload, let version):
+                log("\(nodeName(node)) store read #\(token) done: \(MessageDescriber.payload(payload)) \(version)")
                 step(node, .storeReadDone(CompletionToken(token), payload, version))
             case .write(let token, let stored):
+                log("\(nodeName(node)) store write #\(token) done, holds \(stored)")
                 nodes[node].store.completeWrite(token: token)
                 step(node, .storeWriteDone(CompletionToken(token), stored: stored))
             case .persist(let token):
+                log("\(nodeName(node)) persist #\(token) durable")
                 nodes[node].store.completePersist(upTo: token)
                 step(node, .persistDone(CompletionToken(token)))
             }
@@ -417,6 +423,7 @@ public final class Simulation {
             case .storeRead(let token, let location):
                 guard let id = map.id(location) else { fail(.invariant, "\(nodeName(node)) read unknown \(location)"); continue }
                 let data = nodes[node].store.visible[id]
+                log("\(nodeName(node)) store read #\(token.raw) \(layout.name(id))")
                 scheduleIo(node, .read(token.raw, data.payload, data.version))
             case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
                 guard let id = map.id(location),
@@ -429,7 +436,7 @@ public final class Simulation {
                     log("\(nodeName(node)) skips store write \(layout.name(id)) \(version): holds \(current.version)")
                     scheduleIo(node, .write(token.raw, stored: current.version))
                 } else {
-                    log("\(nodeName(node)) stores \(layout.name(id)) := \(data)\(sync ? " sync" : "")")
+                    log("\(nodeName(node)) store write #\(token.raw) \(layout.name(id)) := \(data)\(sync ? " sync" : "")")
                     nodes[node].store.issueWrite(token: token.raw, location: id, data, sync: sync, nowUs: queue.nowUs)
                     scheduleIo(node, .write(token.raw, stored: version))
                 }
@@ -438,7 +445,10 @@ public final class Simulation {
                 log("\(nodeName(node)) persists #\(token.raw) \(batch.entries.map { "\($0.location)=\($0.state)" })\(batch.clockReservation.map { " clock<=\($0)" } ?? "")")
                 scheduleIo(node, .persist(token.raw))
             case .invalidateCaches(let location):
-                if let id = map.id(location) { nodes[node].cache[id] = nil }
+                if let id = map.id(location) {
+                    nodes[node].cache[id] = nil
+                    log("\(nodeName(node)) invalidates cache of \(layout.name(id))")
+                }
             case .grant(let opID, let stamps):
                 let id = Int(opID.raw)
                 guard var op = live[id], op.node == node, op.granted == nil else {

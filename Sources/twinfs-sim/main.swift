@@ -20,6 +20,26 @@ func ensureDeterministicHashing() {
     #endif
 }
 
+/// If the core traps (an assertion), the signal handler names the seed that was running, so it can be replayed.
+nonisolated(unsafe) var crashNote = [UInt8](repeating: 0, count: 96)
+nonisolated(unsafe) var crashNoteLength = 0
+
+func announce(_ seed: UInt64) {
+    let text = Array("\ntwinfs-sim: the core trapped while running seed \(seed); replay with --seed \(seed) --trace\n".utf8)
+    crashNoteLength = min(text.count, crashNote.count)
+    for i in 0..<crashNoteLength { crashNote[i] = text[i] }
+}
+
+func installTrapHandler() {
+    for sig in [SIGILL, SIGTRAP, SIGABRT, SIGSEGV] {
+        signal(sig) { s in
+            _ = crashNote.withUnsafeBufferPointer { write(2, $0.baseAddress, crashNoteLength) }
+            signal(s, SIG_DFL)
+            raise(s)
+        }
+    }
+}
+
 struct SeedRange: ExpressibleByArgument {
     let range: ClosedRange<UInt64>
     init?(argument: String) {
@@ -84,11 +104,11 @@ struct TwinfsSim: ParsableCommand {
         if report { return reportMode() }
         if let seed {
             var o = options()
-            o.trace = trace
+            o.streamTrace = trace
+            announce(seed)
             let r = Simulation.run(seed: seed, workload: workload, options: o)
             print("config \(r.config)")
             print("core \(r.core.description)")
-            if trace { for line in r.trace { print(line) } }
             print(r.metrics.summary + " events=\(r.metrics.events) simulated=\(r.finalTimeUs)us")
             for v in r.violations { print("VIOLATION \(v)") }
             print(r.passed ? "seed \(seed): ok" : "seed \(seed): \(r.violations.count) violation(s)")
@@ -104,6 +124,7 @@ struct TwinfsSim: ParsableCommand {
         let o = options()
         let start = monotonicSeconds()
         for s in range {
+            announce(s)
             let r = Simulation.run(seed: s, workload: workload, options: o)
             runs += 1
             total.merge(r.metrics)
@@ -130,6 +151,7 @@ struct TwinfsSim: ParsableCommand {
             var total = SimMetrics()
             var bad = 0
             for s in range {
+                announce(s)
                 let r = Simulation.run(seed: s, workload: kind, options: options())
                 total.merge(r.metrics)
                 if !r.passed { bad += 1 }
@@ -147,4 +169,5 @@ func monotonicSeconds() -> Double {
 }
 
 ensureDeterministicHashing()
+installTrapHandler()
 TwinfsSim.main()

@@ -126,10 +126,19 @@ public final class Volume: @unchecked Sendable {
 
     /// Deletes an inode once nothing refers to it: no name, no open handle, no kernel reference.
     private func reapIfUnreferenced(_ ino: UInt64) throws {
-        guard ino != InodeRecord.rootIno, lookups[ino] == nil, openCounts[ino] == nil,
-            let r = try store.inode(ino), r.nlink == 0
-        else { return }
+        guard isReapable(ino) else { return }
         try store.deleteInode(ino)
+    }
+
+    private func isReapable(_ ino: UInt64) -> Bool {
+        guard ino != InodeRecord.rootIno, lookups[ino] == nil, openCounts[ino] == nil else { return false }
+        return (try? store.inode(ino))??.nlink == 0
+    }
+
+    /// Outside any operation (forget, release): most inodes still have names, so look before opening a transaction.
+    private func reapInItsOwnTransaction(_ ino: UInt64) {
+        guard isReapable(ino) else { return }
+        try? store.database.transaction { try store.deleteInode(ino) }
     }
 
     // MARK: lookup and attributes
@@ -151,7 +160,7 @@ public final class Volume: @unchecked Sendable {
             guard let n = lookups[ino] else { return }
             if n <= count {
                 lookups[ino] = nil
-                try? store.database.transaction { try reapIfUnreferenced(ino) }
+                reapInItsOwnTransaction(ino)
             } else {
                 lookups[ino] = n - count
             }
@@ -486,9 +495,7 @@ public final class Volume: @unchecked Sendable {
             close(file.fd)
             let n = openCounts[file.ino, default: 1] - 1
             openCounts[file.ino] = n > 0 ? n : nil
-            if n <= 0 {
-                try? store.database.transaction { try reapIfUnreferenced(file.ino) }
-            }
+            if n <= 0 { reapInItsOwnTransaction(file.ino) }
         }
     }
 

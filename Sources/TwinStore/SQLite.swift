@@ -78,10 +78,13 @@ public final class SQLiteDatabase {
     public var changes: Int { Int(sqlite3_changes(handle)) }
 
     public func transaction<T>(_ body: () throws -> T) throws -> T {
-        try execute("BEGIN IMMEDIATE")
+        try statement("BEGIN IMMEDIATE").run()
         do {
             let value = try body()
-            try execute("COMMIT")
+            // Statements left on a row would keep a read snapshot through COMMIT, and the automatic
+            // checkpoint that follows it would silently fail: the WAL would then grow without bound.
+            releaseStatements()
+            try statement("COMMIT").run()
             return value
         } catch {
             try? execute("ROLLBACK")

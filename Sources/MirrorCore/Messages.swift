@@ -84,7 +84,9 @@ public struct MarkReply: Hashable, Sendable {
 
 public struct Pull: Hashable, Sendable {
     public var locations: [Location]
-    public init(locations: [Location]) { self.locations = locations }
+    /// Echoed in the answers: an answer clears MOOS only if it answers the puller's latest pull for the location.
+    public var id: UInt64
+    public init(locations: [Location], id: UInt64 = 0) { self.locations = locations; self.id = id }
 }
 
 public enum PullContent: Hashable, Sendable {
@@ -100,8 +102,11 @@ public struct PullAnswer: Hashable, Sendable {
     /// Set for answers nobody asked for (nearby OOS tracks sent along with a requested one).
     public var prefetched: Bool
     public var clock: UInt64
-    public init(location: Location, content: PullContent, prefetched: Bool, clock: UInt64) {
+    /// The `Pull.id` answered (0 for prefetched answers).
+    public var pullID: UInt64
+    public init(location: Location, content: PullContent, prefetched: Bool, clock: UInt64, pullID: UInt64 = 0) {
         self.location = location; self.content = content; self.prefetched = prefetched; self.clock = clock
+        self.pullID = pullID
     }
 }
 

@@ -39,8 +39,10 @@ public final class MirrorNode {
 
     var outMarks: [UInt64: OutMark] = [:]
     var markOf: [Location: UInt64] = [:]
-    var nextMarkID: UInt64 = 1
-    var pulls: Set<Location> = []
+    var nextMarkID: UInt64 = 1  // high bits: incarnation, so ids never repeat across restarts
+    /// Outstanding pulls: location -> id of the latest pull whose answer may clear MOOS.
+    var pulls: [Location: UInt64] = [:]
+    var nextPullID: UInt64 = 1
     /// MOS acquired without the peer's possibly newer data, for a full overwrite by `takeoverFor[L]` (hazard 6).
     var takeover: [Location: OperationID] = [:]
     var takeoverRequested: [Location: OperationID] = [:]
@@ -55,6 +57,9 @@ public final class MirrorNode {
 
     var deferred: [Location: [Deferred]] = [:]
     var replies: [UInt64: PendingReply] = [:]
+    /// Locations granted to the peer whose reply is not sent yet (waiting for durability). Our own retry for them
+    /// waits: the peer is about to hold the token, and retrying at once would only spin on its refusals.
+    var grantsUnsent: [Location: Int] = [:]
     var nextReplyKey: UInt64 = 0
 
     var flushes: [FlushID: Flush] = [:]
@@ -97,10 +102,10 @@ public final class MirrorNode {
     }
     enum PendingRead {
         case push(Location, epoch: UInt64)
-        case answer(Location, prefetched: Bool, epoch: UInt64)
+        case answer(Location, pullID: UInt64, epoch: UInt64)
         case markData(Location, reply: UInt64, epoch: UInt64)
     }
-    enum WriteKind { case answer, push(durable: Bool), markData(markID: UInt64) }
+    enum WriteKind { case answer(clearsMOOS: Bool), push(durable: Bool), markData(markID: UInt64) }
     struct PendingWrite { var location: Location; var version: Version; var kind: WriteKind }
     /// Data sent to the peer and not yet acknowledged.
     struct Sent {
@@ -109,7 +114,7 @@ public final class MirrorNode {
         var reading = 0
         var pushing = false
     }
-    enum Deferred { case pull, mark(id: UInt64, item: MarkItem) }
+    enum Deferred { case pull(id: UInt64), mark(id: UInt64, item: MarkItem) }
     struct PendingReply {
         var id: UInt64
         var granted: [MarkGrant] = []
@@ -257,8 +262,8 @@ public final class MirrorNode {
         for it in op.items {
             let tok = bits.token(it.location)
             if it.access.isWrite {
-                if tok != .mos && markOf[it.location] == nil { markNeed.append(it) }
-            } else if tok == .moos && !pulls.contains(it.location) {
+                if tok != .mos && markOf[it.location] == nil && grantsUnsent[it.location] == nil { markNeed.append(it) }
+            } else if tok == .moos && pulls[it.location] == nil && grantsUnsent[it.location] == nil {
                 pullNeed.append(it.location)
             }
         }
@@ -312,8 +317,10 @@ public final class MirrorNode {
             }
             // Not ready: make sure a request is pending, then wait while holding only locations before `l`.
             if it.access.isWrite {
-                if markOf[l] == nil && bits.token(l) != .mos { sendMark([it], hint: op.hint, for: id) }
-            } else if bits.token(l) == .moos && !pulls.contains(l) {
+                if markOf[l] == nil && bits.token(l) != .mos && grantsUnsent[l] == nil {
+                    sendMark([it], hint: op.hint, for: id)
+                }
+            } else if bits.token(l) == .moos && pulls[l] == nil && grantsUnsent[l] == nil {
                 sendPull([l])
             }
             if op.waitedOn != l { op.waitedOn = l; op.roundTrips += 1 }
@@ -428,7 +435,7 @@ public final class MirrorNode {
             deferred[l] = nil
             for d in ds {
                 switch d {
-                case .pull: answerPull(l, prefetched: false)
+                case .pull(let id): answerPull(l, pullID: id)
                 case .mark(let id, let item):
                     var reply = PendingReply(id: id, epoch: epoch)
                     grantOrRefuse(item, &reply)
@@ -539,9 +546,11 @@ public final class MirrorNode {
     }
 
     func sendPull(_ locs: [Location]) {
-        for l in locs { pulls.insert(l) }
+        let id = nextPullID
+        nextPullID += 1
+        for l in locs { pulls[l] = id }
         counters.pullsSent += 1
-        if connected { out.append(.send(.pull(Pull(locations: locs)))) }
+        if connected { out.append(.send(.pull(Pull(locations: locs, id: id)))) }
     }
 
     // MARK: messages
@@ -556,7 +565,7 @@ public final class MirrorNode {
         case .markReply(let r): receiveMarkReply(r)
         case .pull(let p):
             for l in p.locations {
-                if blocked(l) { deferred[l, default: []].append(.pull) } else { answerPull(l, prefetched: false) }
+                if blocked(l) { deferred[l, default: []].append(.pull(id: p.id)) } else { answerPull(l, pullID: p.id) }
             }
         case .pullAnswer(let a): receiveAnswer(a)
         case .ack(let r): receiveAck(r)
@@ -601,11 +610,13 @@ public final class MirrorNode {
             return
         }
         let before = persisted(l)
+        cancelPull(l)
         // Giving the token away: from now on this node must pull before serving l (MOOS), and it keeps OOS until
         // the peer acknowledges our data (the location becomes contested if OOS is set).
         takeover[l] = nil
         bits.setToken(l, .moos)
         touch(l, before)
+        grantsUnsent[l, default: 0] += 1
         if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
         if item.needData && bits.oos(l) {
             let t = newToken()
@@ -615,6 +626,18 @@ public final class MirrorNode {
             out.append(.storeRead(CompletionToken(t), l))
         } else {
             reply.granted.append(MarkGrant(location: l))
+        }
+    }
+
+    /// An answer to a pull of ours that the peer sends before it receives our grant of `l` says nothing about the
+    /// token it is about to get: such an answer must not clear the MOOS we promised. Called when granting and again
+    /// when the grant leaves (a pull sent in between is answered before the peer sees the grant).
+    func cancelPull(_ l: Location) {
+        pulls[l] = nil
+        if receiving[l] != nil {
+            for (t, w) in writes where w.location == l {
+                if case .answer = w.kind { writes[t]!.kind = .answer(clearsMOOS: false) }
+            }
         }
     }
 
@@ -633,9 +656,15 @@ public final class MirrorNode {
     }
 
     func sendReply(_ r: PendingReply) {
-        guard connected && r.epoch == epoch else { return }
-        if !r.refused.isEmpty { counters.marksRefused += r.refused.count }
-        out.append(.send(.markReply(MarkReply(id: r.id, granted: r.granted, refused: r.refused, clock: clock))))
+        for g in r.granted {
+            if let n = grantsUnsent[g.location] { grantsUnsent[g.location] = n <= 1 ? nil : n - 1 }
+            cancelPull(g.location)
+        }
+        if connected && r.epoch == epoch {
+            if !r.refused.isEmpty { counters.marksRefused += r.refused.count }
+            out.append(.send(.markReply(MarkReply(id: r.id, granted: r.granted, refused: r.refused, clock: clock))))
+        }
+        for g in r.granted { wake(g.location) }
     }
 
     func flushReadyReplies() {
@@ -695,7 +724,9 @@ public final class MirrorNode {
         touch(l, before)
     }
 
-    func answerPull(_ l: Location, prefetched: Bool) {
+    /// `pullID` 0: a prefetched answer nobody asked for.
+    func answerPull(_ l: Location, pullID: UInt64) {
+        let prefetched = pullID == 0
         let before = persisted(l)
         if rules.giveUpTokenOnPull {
             // Hazard 2: the answer hands the token back; a takeover copy is stale, so it returns to MOOS.
@@ -705,13 +736,14 @@ public final class MirrorNode {
         touch(l, before)
         if bits.oos(l) {
             let t = newToken()
-            reads[t] = .answer(l, prefetched: prefetched, epoch: epoch)
+            reads[t] = .answer(l, pullID: pullID, epoch: epoch)
             beginSend(l)
             out.append(.storeRead(CompletionToken(t), l))
             if !prefetched { prefetch(after: l) }
         } else {
             counters.pullAnswersInSync += 1
-            out.append(.send(.pullAnswer(PullAnswer(location: l, content: .inSync, prefetched: prefetched, clock: clock))))
+            out.append(.send(.pullAnswer(PullAnswer(location: l, content: .inSync, prefetched: prefetched, clock: clock,
+                                                    pullID: pullID))))
         }
     }
 
@@ -725,7 +757,7 @@ public final class MirrorNode {
                   bits.token(c) == .mos, locks[c] == nil, inFlight[c] == nil, takeover[c] == nil,
                   receiving[c] == nil, deferred[c] == nil else { continue }
             counters.prefetchesSent += 1
-            answerPull(c, prefetched: true)
+            answerPull(c, pullID: 0)
         }
     }
 
@@ -741,8 +773,9 @@ public final class MirrorNode {
         let l = a.location
         switch a.content {
         case .inSync:
-            pulls.remove(l)
-            if bits.token(l) == .moos {
+            let solicited = a.pullID != 0 && pulls[l] == a.pullID
+            if solicited { pulls[l] = nil }
+            if solicited && bits.token(l) == .moos {
                 let before = persisted(l)
                 bits.setToken(l, .none)
                 touch(l, before)
@@ -751,7 +784,9 @@ public final class MirrorNode {
         case .data(let p, let v):
             observe(clock: v.counter)
             let t = newToken()
-            writes[t] = PendingWrite(location: l, version: v, kind: .answer)
+            // Only an answer we are waiting for (or a prefetch, sent as the peer gave MOS up) clears MOOS.
+            let clears = (a.pullID != 0 && pulls[l] == a.pullID) || a.prefetched
+            writes[t] = PendingWrite(location: l, version: v, kind: .answer(clearsMOOS: clears))
             receiving[l, default: 0] += 1
             out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: false))
         }
@@ -807,13 +842,14 @@ public final class MirrorNode {
                 if ep == epoch { pushesInFlight -= 1 }
             }
             storeSent(l, e)
-        case .answer(let l, let prefetched, let ep):
+        case .answer(let l, let pullID, let ep):
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch && connected {
                 e.lastSent = v
                 counters.pullAnswersData += 1
-                out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(p, v), prefetched: prefetched, clock: clock))))
+                out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(p, v), prefetched: pullID == 0,
+                                                        clock: clock, pullID: pullID))))
             }
             storeSent(l, e)
         case .markData(let l, let key, let ep):
@@ -841,9 +877,9 @@ public final class MirrorNode {
         // Our own unsynced copy is superseded once the store holds the peer's newer version (hazard 4).
         if stored == w.version && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
         switch w.kind {
-        case .answer:
-            pulls.remove(l)
-            if bits.token(l) == .moos {
+        case .answer(let clears):
+            if clears { pulls[l] = nil }
+            if clears && bits.token(l) == .moos {
                 let before = persisted(l)
                 bits.setToken(l, .none)
                 touch(l, before)
@@ -977,7 +1013,7 @@ public final class MirrorNode {
             let items = outMarks[id]!.items.filter { markOf[$0.location] == id && receiving[$0.location] == nil }
             if !items.isEmpty { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
         }
-        if !pulls.isEmpty { out.append(.send(.pull(Pull(locations: pulls.sorted())))) }
+        if !pulls.isEmpty { sendPull(pulls.keys.sorted()) }
         for (ino, _) in bits.inodes { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
     }
 
@@ -986,6 +1022,7 @@ public final class MirrorNode {
         peerHello = nil
         deferred = [:]
         replies = [:]
+        grantsUnsent = [:]
         pushesInFlight = 0
         for (l, var e) in inFlight {
             e.pushing = false
@@ -1015,10 +1052,10 @@ public final class MirrorNode {
         incarnation = fresh.incarnation; connected = false; epoch = 0; peerHello = nil
         durableToken = 0; lastPersistToken = 0; nextTokenRaw = 0; dirty = []; wantReservation = nil
         supersetPending = [:]; ops = [:]; locks = [:]; netWaiters = [:]; durableWaiters = []
-        outMarks = [:]; markOf = [:]; pulls = []; takeover = [:]; takeoverRequested = [:]
+        outMarks = [:]; markOf = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
-        deferred = [:]; replies = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
-        releaseScan = []; restoredSuperset = fresh.restoredSuperset; nextWake = nil
+        deferred = [:]; replies = [:]; grantsUnsent = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
+        releaseScan = []; restoredSuperset = fresh.restoredSuperset; nextWake = nil; nextMarkID = fresh.nextMarkID
         oosNonEmptySince = now
     }
 
@@ -1039,6 +1076,7 @@ public final class MirrorNode {
         clock = r.clockReservation
         clockReserved = r.clockReservation
         incarnation = r.incarnation
+        nextMarkID = (r.incarnation << 40) | 1
     }
 }
 

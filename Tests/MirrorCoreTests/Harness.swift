@@ -70,9 +70,17 @@ final class Pair {
 
     // MARK: driving
 
+    var trace = false
+    var traceLog: [String] = []
+
     func feed(_ s: Side, _ e: Event) {
         let r = rigs[s.rawValue]
         let actions = r.core.step(e)
+        if trace {
+            traceLog.append("\(s) <- \(e)")
+            for a in actions { traceLog.append("    \(s) -> \(a)") }
+            if traceLog.count > 200_000 { traceLog.removeFirst(100_000) }
+        }
         for a in actions { execute(s, a) }
         for v in r.core.checkInvariants() { violations.append("\(s): \(v)") }
         if checkCrossNode { checkPair() }
@@ -149,7 +157,7 @@ final class Pair {
             }
             if !moved { return }
         }
-        XCTFail("did not settle within \(maxEvents) events")
+        violations.append("did not settle within \(maxEvents) events (livelock)")
     }
 
     /// Delivers exactly one pending message to `s`.

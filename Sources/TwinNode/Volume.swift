@@ -79,6 +79,14 @@ public final class Volume: @unchecked Sendable {
         return r
     }
 
+    /// A record as the kernel should see it: with the space its data file really occupies.
+    private func reported(_ record: InodeRecord) -> InodeRecord {
+        guard record.kind == .regular else { return record }
+        var r = record
+        r.allocatedBlocks = store.allocatedBlocks(r.ino)
+        return r
+    }
+
     private func directory(_ ino: UInt64) throws -> InodeRecord {
         let r = try record(ino)
         guard r.isDirectory else { throw FSError.notDirectory }
@@ -150,7 +158,7 @@ public final class Volume: @unchecked Sendable {
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
             let r = try record(ino)
             noteLookup(ino)
-            return r
+            return reported(r)
         }
     }
 
@@ -168,7 +176,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func getattr(_ ino: UInt64) throws -> InodeRecord {
-        try query { try record(ino) }
+        try query { reported(try record(ino)) }
     }
 
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?) throws -> InodeRecord {
@@ -196,7 +204,7 @@ public final class Volume: @unchecked Sendable {
             r.ctime = changes.ctime ?? now
             r.version = try store.nextVersion()
             try store.updateInode(r)
-            return r
+            return reported(r)
         }
     }
 
@@ -291,7 +299,7 @@ public final class Volume: @unchecked Sendable {
             try store.updateInode(r)
             try touchDirectory(&dir, now: now)
             noteLookup(ino)
-            return r
+            return reported(r)
         }
     }
 
@@ -480,7 +488,7 @@ public final class Volume: @unchecked Sendable {
                 if flags & O_TRUNC != 0 { try resize(&r, to: 0, handle: nil) }
                 let fd = try store.openData(existing, create: true)
                 noteLookup(existing)
-                return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
+                return (reported(r), register(existing, fd: fd, append: flags & O_APPEND != 0))
             }
             let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
             let fd = try store.openData(r.ino, create: true)
@@ -631,7 +639,7 @@ public final class Volume: @unchecked Sendable {
             let entries = try store.entries(parent: ino, after: max(offset - 2, 0), limit: max(limit - out.count, 1))
             for e in entries {
                 guard let r = try store.inode(e.ino) else { continue }
-                out.append(DirectoryListing(name: e.name, record: r, nextOffset: e.cookie + 2))
+                out.append(DirectoryListing(name: e.name, record: plus ? reported(r) : r, nextOffset: e.cookie + 2))
             }
             return out
         }

@@ -268,10 +268,6 @@ public final class Store {
             version: UInt64(bitPattern: s.int(9)), target: s.blob(10))
         r.mtime = Timestamp(nanoseconds: s.int(6))
         r.ctime = Timestamp(nanoseconds: s.int(7))
-        if r.kind == .regular {
-            var st = stat()
-            if fstatat(dataDirFD, Self.dataRelativePath(ino), &st, 0) == 0 { r.allocatedBlocks = UInt64(st.st_blocks) }
-        }
         return r
     }
 
@@ -424,9 +420,15 @@ public final class Store {
         return fd
     }
 
+    /// 512-byte blocks the data file of `ino` occupies (0 when it has none).
+    public func allocatedBlocks(_ ino: UInt64) -> UInt64 {
+        var st = stat()
+        return fstatat(dataDirFD, Self.dataRelativePath(ino), &st, 0) == 0 ? UInt64(st.st_blocks) : 0
+    }
+
     /// Makes every committed metadata change durable (the WAL's frames reach the disk).
     public func syncMetadata() throws {
-        if fsync(walFD) != 0 { throw FSError.fromErrno() }
+        if twin_fdatasync(walFD) != 0 { throw FSError.fromErrno() }
     }
 
     /// A clean shutdown: metadata checkpointed into meta.db and everything in the store on disk.

@@ -561,11 +561,12 @@ public final class Volume: @unchecked Sendable {
             let rc = dataOnly ? twin_fdatasync(fd) : Glibc.fsync(fd)
             guard rc == 0 else { throw FSError.fromErrno() }
         }
-        try query { try store.syncMetadata() }
+        // Outside the lock: a disk flush takes milliseconds, and every commit so far is already in the WAL.
+        try store.syncMetadata()
     }
 
     public func fsyncDirectory() throws {
-        try query { try store.syncMetadata() }
+        try store.syncMetadata()
     }
 
     public struct FallocateMode: OptionSet, Sendable {

@@ -426,7 +426,8 @@ public final class Store {
         return fstatat(dataDirFD, Self.dataRelativePath(ino), &st, 0) == 0 ? UInt64(st.st_blocks) : 0
     }
 
-    /// Makes every committed metadata change durable (the WAL's frames reach the disk).
+    /// Makes every committed metadata change durable (the WAL's frames reach the disk). Safe from any thread:
+    /// it touches only the WAL's descriptor, never the connection.
     public func syncMetadata() throws {
         if twin_fdatasync(walFD) != 0 { throw FSError.fromErrno() }
     }

@@ -5,7 +5,10 @@
 // scenario ends with the same healing phase and final checks.
 //
 // Language, one command per line ('#' starts a comment):
-//   set window=0 prefetch=0 release=off|<us> pushDelay=<us> timeout=<us> cache=on|off  (before anything else)
+//   set window=0 prefetch=0 release=off|<us> pushDelay=<us> timeout=<us> cache=on|off disk=<us> latency=<us>
+//       writeback=<us> (unsynced writes older than this survive a power loss) diskA=<us> diskB=<us> (one node's
+//       disk) apply=<us> (delay between a grant and the operation's writes)
+//                                          (before anything else; disk and latency are fixed, not random)
 //   A write ino2/t0 ino2/t1:0 ino2 as w1   node A writes: a bare location is a full write, `loc:0,1` writes slots
 //   B read ino2/t0 as r1                   node B reads
 //   run [<n>ms|<n>us]                      let events happen (default: until settled, at least one tick)
@@ -55,6 +58,10 @@ public struct Scenario: Sendable {
         setup.pushDelayUs = 0
         setup.peerTimeoutUs = 10_000_000
         var kernelCache = true
+        var config = Self.layoutConfig
+        var writebackUs: UInt64? = nil
+        var diskUs: [UInt64?] = [nil, nil]
+        var applyUs: UInt64? = nil
         var lines: [(Int, [String])] = []
         for (n, raw) in script.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let text = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
@@ -75,6 +82,12 @@ public struct Scenario: Sendable {
                 case "pushDelay": setup.pushDelayUs = us ?? 0
                 case "timeout": setup.peerTimeoutUs = us ?? 10_000_000
                 case "cache": kernelCache = parts[1] == "on"
+                case "disk": config.diskLatencyMinUs = us ?? 0; config.diskLatencyMaxUs = us ?? 0
+                case "latency": config.latencyMinUs = us ?? 1_000
+                case "writeback": writebackUs = us
+                case "diskA": diskUs[0] = us
+                case "diskB": diskUs[1] = us
+                case "apply": applyUs = us
                 default: out.failures.append("line \(n): unknown setting \(parts[0])")
                 }
             }
@@ -86,7 +99,10 @@ public struct Scenario: Sendable {
         options.rules = rules
         let fixed = setup
         options.adjustCore = { $0 = fixed }
-        let sim = Simulation(config: Self.layoutConfig, options: options)
+        options.writebackUs = writebackUs
+        options.diskLatencyUs = diskUs
+        options.applyDelayUs = applyUs
+        let sim = Simulation(config: config, options: options)
         let layout = sim.layout
         var byName: [String: Int] = [:]
         for id in 0..<layout.locationCount { byName[layout.name(id)] = id }
@@ -164,9 +180,9 @@ public struct Scenario: Sendable {
     }
 
     private func expect(_ w: [String], sim: Simulation, ops: [String: Int], byName: [String: Int], bad: (String) -> Void) {
-        guard w.count >= 3 else { bad("incomplete expectation"); return }
+        guard w.count >= 2 else { bad("incomplete expectation"); return }
         if w[0] == "pulls" || w[0] == "marks" || w[0] == "marked" {
-            guard let n = Int(w[2]) else { bad("expected a number"); return }
+            guard w.count == 3, let n = Int(w[2]) else { bad("expected a number"); return }
             let m = sim.metrics
             let actual = w[0] == "pulls" ? m.pullRequests : w[0] == "marks" ? m.markRequests : m.markedLocations
             if actual != n { bad("\(w[0]) is \(actual)") }
@@ -193,6 +209,7 @@ public struct Scenario: Sendable {
             return
         }
         guard let who = w[0] == "A" ? 0 : w[0] == "B" ? 1 : nil else { bad("unknown name \(w[0])"); return }
+        guard w.count == 3 else { bad("expected `expect A|B [!]mos|moos|oos|cached <location>`"); return }
         var what = w[1]
         let negate = what.hasPrefix("!")
         if negate { what.removeFirst() }

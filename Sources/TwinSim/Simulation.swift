@@ -16,7 +16,7 @@ public struct SimOptions: Sendable {
     public var streamTrace = false
     public var checkInvariantsEachStep = true
     /// After the last operation is issued, how long (simulated) the pair gets to heal, finish and drain.
-    public var healBudgetUs: SimTimeUs = 120_000_000
+    public var healBudgetUs: SimTimeUs = 30_000_000
     /// Hard cap on processed events: a livelock burns events without finishing.
     public var eventBudget = 400_000
     /// Interval of the shell's periodic tick (the core may ask for earlier ones with `wakeAt`).
@@ -24,6 +24,12 @@ public struct SimOptions: Sendable {
     /// Overrides of the seed-derived core configuration (tests use these to switch off one rule).
     public var rules: ProtocolRules = .safe
     public var adjustCore: (@Sendable (inout CoreSetup) -> Void)?
+    /// Fixed disk latency per node (scenarios use it to make one node's disk slow).
+    public var diskLatencyUs: [SimTimeUs?] = [nil, nil]
+    /// Fixed delay between a grant and the operation applying its writes.
+    public var applyDelayUs: SimTimeUs?
+    /// Overrides the seed's writeback delay (how old an unsynced write must be to survive a power loss).
+    public var writebackUs: SimTimeUs?
     public init() {}
 }
 
@@ -119,7 +125,7 @@ public final class Simulation {
         var root = SimRandom(seed: config.seed)
         netRandom = root.fork(); diskRandom = root.fork(); faultRandom = root.fork(); clientRandom = root.fork()
         var workRandom = root.fork()
-        let writebackUs = workRandom.pick([1_000, 50_000, 1_000_000] as [SimTimeUs])
+        let writebackUs = options.writebackUs ?? workRandom.pick([1_000, 50_000, 1_000_000] as [SimTimeUs])
         workload = WorkloadGenerator(layout: layout, kind: config.workload, random: &workRandom)
         for _ in 0..<2 {
             nodes.append(Node(core: nil, store: SimStore(layout: layout, writebackUs: writebackUs),
@@ -461,7 +467,7 @@ public final class Simulation {
                 live[id] = op
                 log("\(nodeName(node)) grants op#\(id) \(stamps.map { "\($0.location)@\($0.version)" })")
                 // The operation runs a little later, holding its locations: pulls and marks may arrive meanwhile.
-                let delay = diskRandom.uint64(0...config.diskLatencyMaxUs)
+                let delay = options.applyDelayUs ?? diskDelay(node)
                 queue.schedule(afterUs: delay, .applyOperation(node: node, incarnation: nodes[node].incarnation, opID: id))
             case .fail(let opID, let error):
                 finishOp(node, Int(opID.raw), error: "\(error)")
@@ -513,9 +519,14 @@ public final class Simulation {
 
     func scheduleIo(_ node: Int, _ io: IO) {
         // Completions come back in issue order, like a journal.
-        let at = max(queue.nowUs + diskRandom.uint64(0...config.diskLatencyMaxUs), nodes[node].lastIoCompletionUs)
+        let at = max(queue.nowUs + diskDelay(node), nodes[node].lastIoCompletionUs)
         nodes[node].lastIoCompletionUs = at
         queue.schedule(atUs: at, .ioDone(node: node, incarnation: nodes[node].incarnation, io))
+    }
+
+    func diskDelay(_ node: Int) -> SimTimeUs {
+        if let fixed = options.diskLatencyUs[node] { return fixed }
+        return diskRandom.uint64(config.diskLatencyMinUs...max(config.diskLatencyMinUs, config.diskLatencyMaxUs))
     }
 
     func scheduleTick(_ node: Int, afterUs: SimTimeUs, periodic: Bool) {

@@ -42,6 +42,7 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
     public var partitionUs: SimTimeUs
     // Disks and crashes.
     public var diskLatencyMaxUs: SimTimeUs
+    public var diskLatencyMinUs: SimTimeUs = 0
     public var crashChance: Double
     /// Fraction of crashes that are power losses (in-flight disk writes may vanish) rather than process kills.
     public var powerLossFraction: Double

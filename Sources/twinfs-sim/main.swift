@@ -90,6 +90,11 @@ struct TwinfsSim: ParsableCommand {
     var ruleOff: [Rule] = []
     @Option(help: "Override the prediction window (0: no prediction).") var window: Int?
     @Option(help: "Stop a sweep after this many failing seeds.") var maxFailures = 10
+    @Flag(help: "With --rule-off: find the first seed that fails with the rule off but passes with safe rules.")
+    var firstCaught = false
+    @Flag(help: "Run sweep seeds in this process instead of one forked child per seed (faster; a core trap ends the sweep).")
+    var noIsolation = false
+    @Option(help: "Run a scripted scenario from this file (language: Sources/TwinSim/Scenario.swift).") var script: String?
 
     func options() -> SimOptions {
         var o = SimOptions()
@@ -102,6 +107,23 @@ struct TwinfsSim: ParsableCommand {
 
     func run() throws {
         if report { return reportMode() }
+        if let script {
+            guard let f = fopen(script, "r") else { throw ValidationError("cannot open \(script)") }
+            defer { fclose(f) }
+            var text = ""
+            var buf = [CChar](repeating: 0, count: 4096)
+            while fgets(&buf, Int32(buf.count), f) != nil {
+                text += String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            var rules = ProtocolRules.safe
+            for r in ruleOff { r.switchOff(&rules) }
+            let outcome = Scenario(script, text).run(rules: rules)
+            for line in outcome.trace { print(line) }
+            if !outcome.report.isEmpty { print(outcome.report) }
+            print(outcome.passed ? "scenario \(script): ok" : "scenario \(script): FAILED")
+            if !outcome.passed { throw ExitCode(1) }
+            return
+        }
         if let seed {
             var o = options()
             o.streamTrace = trace
@@ -118,17 +140,16 @@ struct TwinfsSim: ParsableCommand {
         guard let range = seeds?.range else {
             throw ValidationError("give --seed N or --seeds A..B")
         }
-        var failing: [(UInt64, Violation)] = []
-        var total = SimMetrics()
-        var runs = 0
+        if firstCaught { return try firstCaughtMode(range) }
+        var failing: [(UInt64, String)] = []
+        var operations = 0, events = 0, crashes = 0, disconnects = 0, runs = 0
         let o = options()
         let start = monotonicSeconds()
         for s in range {
-            announce(s)
-            let r = Simulation.run(seed: s, workload: workload, options: o)
+            let r = isolatedRun(s, options: o)
             runs += 1
-            total.merge(r.metrics)
-            if let v = r.violations.first {
+            operations += r.operations; events += r.events; crashes += r.crashes; disconnects += r.disconnects
+            if let v = r.failure {
                 failing.append((s, v))
                 print("seed \(s) FAILED: \(v)")
                 if failing.count >= maxFailures { break }
@@ -136,11 +157,84 @@ struct TwinfsSim: ParsableCommand {
         }
         let seconds = monotonicSeconds() - start
         let rate = Double(runs) / max(seconds, 1e-9)
-        print("seeds=\(runs) operations=\(total.operations) events=\(total.events) crashes=\(total.crashes) disconnects=\(total.disconnects) violations=\(failing.count) seconds=\(Int(seconds)) seeds/s=\(Int(rate))")
+        print("seeds=\(runs) operations=\(operations) events=\(events) crashes=\(crashes) disconnects=\(disconnects) violations=\(failing.count) seconds=\(Int(seconds)) seeds/s=\(Int(rate))")
         if !failing.isEmpty {
             print("failing seeds: \(failing.map { String($0.0) }.joined(separator: " "))")
             throw ExitCode(1)
         }
+    }
+
+    /// Mutation check: the first seed where the rules given by --rule-off break a run that passes with safe rules.
+    func firstCaughtMode(_ range: ClosedRange<UInt64>) throws {
+        guard !ruleOff.isEmpty else { throw ValidationError("--first-caught needs --rule-off") }
+        var safeOptions = options()
+        safeOptions.rules = .safe
+        let broken = options()
+        var runs = 0, traps = 0, bothFail = 0
+        for s in range {
+            runs += 1
+            let b = isolatedRun(s, options: broken)
+            guard let failure = b.failure else { continue }
+            if failure.hasPrefix("[core-trap]") { traps += 1; continue }
+            if isolatedRun(s, options: safeOptions).failure != nil { bothFail += 1; continue }
+            print("caught \(ruleOff.map(\.rawValue).joined(separator: "+")) at seed \(s) after \(runs) seed(s) (\(traps) core trap(s), \(bothFail) seed(s) failing with safe rules too): \(failure)")
+            return
+        }
+        print("not caught: \(ruleOff.map(\.rawValue).joined(separator: "+")) in \(runs) seed(s) (\(traps) core trap(s), \(bothFail) seed(s) failing with safe rules too)")
+        throw ExitCode(1)
+    }
+
+    struct SeedOutcome {
+        var failure: String?
+        var operations = 0, events = 0, crashes = 0, disconnects = 0
+    }
+
+    /// Runs one seed in a forked child when isolation is on, so that a trap in the core (an assertion) is reported
+    /// with its seed and the sweep goes on.
+    func isolatedRun(_ seed: UInt64, options o: SimOptions) -> SeedOutcome {
+        func direct() -> SeedOutcome {
+            announce(seed)
+            let r = Simulation.run(seed: seed, workload: workload, options: o)
+            return SeedOutcome(failure: r.violations.first.map { "\($0)" }, operations: r.metrics.operations,
+                               events: r.metrics.events, crashes: r.metrics.crashes, disconnects: r.metrics.disconnects)
+        }
+        guard !noIsolation else { return direct() }
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return direct() }
+        fflush(nil)  // nothing buffered may be written twice by parent and child
+        let pid = fork()
+        if pid == 0 {
+            close(fds[0])
+            let r = direct()
+            let line = Array("\(r.operations) \(r.events) \(r.crashes) \(r.disconnects) \(r.failure ?? "")".utf8)
+            var offset = 0
+            while offset < line.count {
+                let n = line[offset...].withUnsafeBufferPointer { write(fds[1], $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                offset += n
+            }
+            _exit(0)
+        }
+        close(fds[1])
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBufferPointer { read(fds[0], $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+        }
+        close(fds[0])
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        let signal = status & 0x7f
+        if signal != 0 {
+            return SeedOutcome(failure: "[core-trap] the run stopped on signal \(signal) (an assertion in the core?); replay with --seed \(seed) --trace")
+        }
+        let text = String(decoding: bytes, as: UTF8.self)
+        let parts = text.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 5 else { return SeedOutcome(failure: "[sim-error] child gave no result") }
+        return SeedOutcome(failure: parts[4].isEmpty ? nil : parts[4], operations: Int(parts[0]) ?? 0,
+                           events: Int(parts[1]) ?? 0, crashes: Int(parts[2]) ?? 0, disconnects: Int(parts[3]) ?? 0)
     }
 
     func reportMode() {

@@ -20,8 +20,10 @@ import Testing
             let x = r.int(3...5)
             #expect((3...5).contains(x))
         }
-        #expect(!r.chance(0))
-        #expect(r.chance(1))
+        let never = r.chance(0)
+        let always = r.chance(1)
+        #expect(!never)
+        #expect(always)
     }
 
     @Test func queuePopsByTimeThenByScheduleOrder() {

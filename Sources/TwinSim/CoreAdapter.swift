@@ -69,8 +69,8 @@ public struct CoreSetup: Sendable {
 
 /// Location ids <-> MirrorCore locations for one layout.
 public struct LocationMap: Sendable {
-    public let locations: [Location]
-    private let ids: [Location: Int]
+    public private(set) var locations: [Location]
+    private var ids: [Location: Int]
 
     public init(_ layout: SimLayout) {
         locations = layout.kinds.map {
@@ -85,6 +85,12 @@ public struct LocationMap: Sendable {
     }
 
     public func id(_ location: Location) -> Int? { ids[location] }
+
+    public mutating func register(_ location: Location, id: Int) {
+        precondition(id == locations.count && ids[location] == nil, "locations are registered once, in id order")
+        locations.append(location)
+        ids[location] = id
+    }
     public subscript(_ id: Int) -> Location { locations[id] }
 
     public func view(of core: MirrorNode) -> NodeView {

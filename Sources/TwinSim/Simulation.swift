@@ -87,8 +87,8 @@ public final class Simulation {
 
     public let config: SwarmConfig
     public let coreSetup: CoreSetup
-    public let layout: SimLayout
-    public let map: LocationMap
+    public private(set) var layout: SimLayout
+    public private(set) var map: LocationMap
     public let options: SimOptions
     public private(set) var queue = EventQueue<Event>()
     public private(set) var network: SimNetwork
@@ -427,13 +427,13 @@ public final class Simulation {
                     transmit(from: node, m)
                 }
             case .storeRead(let token, let location):
-                guard let id = map.id(location) else { fail(.invariant, "\(nodeName(node)) read unknown \(location)"); continue }
+                let id = locationID(location)
                 let data = nodes[node].store.visible[id]
                 log("\(nodeName(node)) store read #\(token.raw) \(layout.name(id))")
                 scheduleIo(node, .read(token.raw, data.payload, data.version))
             case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
-                guard let id = map.id(location),
-                      let data = LocationData(payload: payload, version: version, slots: layout.slotCounts[id]) else {
+                let id = locationID(location)
+                guard let data = LocationData(payload: payload, version: version, slots: layout.slotCounts[id]) else {
                     fail(.invariant, "\(nodeName(node)) wrote malformed data to \(location)")
                     continue
                 }
@@ -451,7 +451,8 @@ public final class Simulation {
                 log("\(nodeName(node)) persists #\(token.raw) \(batch.entries.map { "\($0.location)=\($0.state)" })\(batch.clockReservation.map { " clock<=\($0)" } ?? "")")
                 scheduleIo(node, .persist(token.raw))
             case .invalidateCaches(let location):
-                if let id = map.id(location) {
+                do {
+                    let id = locationID(location)
                     nodes[node].cache[id] = nil
                     log("\(nodeName(node)) invalidates cache of \(layout.name(id))")
                 }
@@ -481,6 +482,20 @@ public final class Simulation {
                 }
             }
         }
+    }
+
+    /// The id of a location the core names; locations outside the layout (a predicted track past the end of a file,
+    /// say) are added on first use with initial contents on both nodes, as a real store would read zeros there.
+    func locationID(_ location: Location) -> Int {
+        if let id = map.id(location) { return id }
+        let kind: SimLayout.Kind = location.trackIndex.map { .track(inode: location.ino, index: $0) }
+            ?? .inodeRecord(inode: location.ino)
+        let slots = location.isInodeRecord ? 1 : layout.slotsPerTrack
+        let id = layout.add(kind, slots: slots)
+        map.register(location, id: id)
+        for n in 0..<2 { nodes[n].store.addLocation(slots: slots) }
+        log("location \(layout.name(id)) (outside the layout) comes into use")
+        return id
     }
 
     func applyGranted(_ node: Int, _ id: Int) {

@@ -80,6 +80,11 @@ public struct SimStore: Sendable {
         self.writebackUs = writebackUs
     }
 
+    public mutating func addLocation(slots: Int) {
+        visible.append(.initial(slots: slots))
+        durable.append(.initial(slots: slots))
+    }
+
     /// Image a restart would find if the process were killed now (the kernel keeps what was written).
     public var persistedAfterKill: PersistedImage {
         var image = persisted

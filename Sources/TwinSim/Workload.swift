@@ -43,6 +43,11 @@ public struct SimLayout: Sendable {
     }
 
     public var locationCount: Int { kinds.count }
+
+    /// Adds a location outside the generated layout (the simulator calls this when the core names one).
+    public mutating func add(_ kind: Kind, slots: Int) -> Int {
+        kinds.append(kind); slotCounts.append(slots); return kinds.count - 1
+    }
     public func registers(_ location: Int) -> [RegisterKey] {
         (0..<slotCounts[location]).map { RegisterKey(location: location, slot: $0) }
     }

@@ -39,6 +39,9 @@ public final class MirrorNode {
 
     var outMarks: [UInt64: OutMark] = [:]
     var markOf: [Location: UInt64] = [:]
+    /// Granted with the peer's data, which is landing in our store; the token is ours once it has landed (unless the
+    /// peer asks for it back first, which abandons the grant).
+    var landing: [Location: UInt64] = [:]
     var nextMarkID: UInt64 = 1  // high bits: incarnation, so ids never repeat across restarts
     /// Outstanding pulls: location -> id of the latest pull whose answer may clear MOOS.
     var pulls: [Location: UInt64] = [:]
@@ -60,6 +63,9 @@ public final class MirrorNode {
     /// Locations granted to the peer whose reply is not sent yet (waiting for durability). Our own retry for them
     /// waits: the peer is about to hold the token, and retrying at once would only spin on its refusals.
     var grantsUnsent: [Location: Int] = [:]
+    /// Pull answers (and prefetches) read from the store but not sent yet. A mark for such a location waits: sent
+    /// first, it would reach the peer before the answer, whose MOOS-clearing would then undo the mark's MOOS.
+    var answering: [Location: Int] = [:]
     var nextReplyKey: UInt64 = 0
 
     var flushes: [FlushID: Flush] = [:]
@@ -187,8 +193,8 @@ public final class MirrorNode {
     func persisted(_ l: Location) -> PersistedState {
         switch bits.token(l) {
         case .mos: return takeover[l] != nil ? .contested : .held
-        case .moos: return (bits.oos(l) || markOf[l] != nil) ? .contested : .moos
-        case .none: return (bits.oos(l) || markOf[l] != nil) ? .held : .none
+        case .moos: return (bits.oos(l) || markOf[l] != nil || landing[l] != nil) ? .contested : .moos
+        case .none: return (bits.oos(l) || markOf[l] != nil || landing[l] != nil) ? .held : .none
         }
     }
 
@@ -262,7 +268,8 @@ public final class MirrorNode {
         for it in op.items {
             let tok = bits.token(it.location)
             if it.access.isWrite {
-                if tok != .mos && markOf[it.location] == nil && grantsUnsent[it.location] == nil { markNeed.append(it) }
+                if tok != .mos && markOf[it.location] == nil && grantsUnsent[it.location] == nil
+                    && answering[it.location] == nil { markNeed.append(it) }
             } else if tok == .moos && pulls[it.location] == nil && grantsUnsent[it.location] == nil {
                 pullNeed.append(it.location)
             }
@@ -317,7 +324,7 @@ public final class MirrorNode {
             }
             // Not ready: make sure a request is pending, then wait while holding only locations before `l`.
             if it.access.isWrite {
-                if markOf[l] == nil && bits.token(l) != .mos && grantsUnsent[l] == nil {
+                if markOf[l] == nil && bits.token(l) != .mos && grantsUnsent[l] == nil && answering[l] == nil {
                     sendMark([it], hint: op.hint, for: id)
                 }
             } else if bits.token(l) == .moos && pulls[l] == nil && grantsUnsent[l] == nil {
@@ -520,7 +527,7 @@ public final class MirrorNode {
             var seen = Set(items.map(\.location))
             for s in suggested where items.count < config.maxMarkItems {
                 guard !seen.contains(s), bits.token(s) == .none, markOf[s] == nil, locks[s] == nil,
-                      receiving[s] == nil else { continue }
+                      receiving[s] == nil, answering[s] == nil, grantsUnsent[s] == nil else { continue }
                 seen.insert(s)
                 items.append(MarkItem(location: s, needData: false, predicted: true))
                 counters.locationsPredicted += 1
@@ -611,6 +618,8 @@ public final class MirrorNode {
         }
         let before = persisted(l)
         cancelPull(l)
+        // A grant of ours whose data are still landing is given back: the peer asked after granting it.
+        landing[l] = nil
         // Giving the token away: from now on this node must pull before serving l (MOOS), and it keeps OOS until
         // the peer acknowledges our data (the location becomes contested if OOS is set).
         takeover[l] = nil
@@ -683,6 +692,8 @@ public final class MirrorNode {
                 // Fig. 5B: the peer's unsynced data land before the token is usable for a partial write.
                 observe(clock: v.counter)
                 let t = newToken()
+                markOf[g.location] = nil
+                landing[g.location] = r.id
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .markData(markID: r.id))
                 receiving[g.location, default: 0] += 1
                 out.append(.storeWrite(CompletionToken(t), g.location, data, v,
@@ -728,6 +739,8 @@ public final class MirrorNode {
     func answerPull(_ l: Location, pullID: UInt64) {
         let prefetched = pullID == 0
         let before = persisted(l)
+        // A grant still landing is a token we hold: answering hands it back like MOS (hazard 2).
+        if rules.giveUpTokenOnPull { landing[l] = nil }
         if rules.giveUpTokenOnPull {
             // Hazard 2: the answer hands the token back; a takeover copy is stale, so it returns to MOOS.
             if takeover[l] != nil { takeover[l] = nil; bits.setToken(l, .moos) }
@@ -737,6 +750,7 @@ public final class MirrorNode {
         if bits.oos(l) {
             let t = newToken()
             reads[t] = .answer(l, pullID: pullID, epoch: epoch)
+            answering[l, default: 0] += 1
             beginSend(l)
             out.append(.storeRead(CompletionToken(t), l))
             if !prefetched { prefetch(after: l) }
@@ -843,6 +857,8 @@ public final class MirrorNode {
             }
             storeSent(l, e)
         case .answer(let l, let pullID, let ep):
+            if let n = answering[l] { answering[l] = n <= 1 ? nil : n - 1 }
+            defer { wake(l) }
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch && connected {
@@ -867,7 +883,13 @@ public final class MirrorNode {
     }
 
     func storeSent(_ l: Location, _ e: Sent) {
-        if e.reading <= 0 && !e.pushing && e.lastSent == nil { inFlight[l] = nil } else { inFlight[l] = e }
+        if e.reading <= 0 && !e.pushing && e.lastSent == nil {
+            inFlight[l] = nil
+            // Nothing travels for it any more (a read from a lost connection): the background copy takes it again.
+            if bits.oos(l) { enqueuePush(l) }
+        } else {
+            inFlight[l] = e
+        }
     }
 
     func writeDone(_ t: UInt64, _ stored: Version) {
@@ -889,8 +911,14 @@ public final class MirrorNode {
             sendAck(l, w.version, durable: durable)
         case .markData(let id):
             sendAck(l, w.version, durable: false)
-            if markOf[l] == id, var om = outMarks[id] {
+            if landing[l] == id, var om = outMarks[id] {
+                landing[l] = nil
+                markOf[l] = id
                 takeToken(l, markID: id, om: &om)  // woken below
+                if om.remaining <= 0 { outMarks[id] = nil } else { outMarks[id] = om }
+            } else if var om = outMarks[id] {
+                // The grant was abandoned (the peer asked for the token back): only the bookkeeping remains.
+                om.remaining -= 1
                 if om.remaining <= 0 { outMarks[id] = nil } else { outMarks[id] = om }
             }
         }
@@ -1052,9 +1080,9 @@ public final class MirrorNode {
         incarnation = fresh.incarnation; connected = false; epoch = 0; peerHello = nil
         durableToken = 0; lastPersistToken = 0; nextTokenRaw = 0; dirty = []; wantReservation = nil
         supersetPending = [:]; ops = [:]; locks = [:]; netWaiters = [:]; durableWaiters = []
-        outMarks = [:]; markOf = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
+        outMarks = [:]; markOf = [:]; landing = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
-        deferred = [:]; replies = [:]; grantsUnsent = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
+        deferred = [:]; replies = [:]; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
         releaseScan = []; restoredSuperset = fresh.restoredSuperset; nextWake = nil; nextMarkID = fresh.nextMarkID
         oosNonEmptySince = now
     }

@@ -22,6 +22,8 @@ final class Rig {
     var holdPersists = false
     var completions: [Event] = []
     var granted: [OperationID: [Stamp]] = [:]
+    /// Store contents (stamps) at the moment each operation was granted: what a read returns.
+    var grantSnapshots: [OperationID: [Location: UInt64]] = [:]
     var failed: [OperationID: OperationError] = [:]
     var flushed: Set<UInt64> = []
     var flushFailed: Set<UInt64> = []
@@ -110,6 +112,7 @@ final class Pair {
         case .grant(let id, let stamps):
             r.actionLog.append("grant \(id)")
             r.granted[id] = stamps
+            r.grantSnapshots[id] = r.store.mapValues(\.stamp)
         case .fail(let id, let e):
             r.actionLog.append("fail \(id)")
             r.failed[id] = e

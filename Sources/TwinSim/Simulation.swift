@@ -516,9 +516,10 @@ public final class Simulation {
         for loc in op.op.reads {
             for (s, v) in nodes[node].store.visible[loc].slots.enumerated() { reads[RegisterKey(location: loc, slot: s)] = v }
         }
-        step(node, .operationFinished(OperationID(UInt64(id)), unwritten: []))
-        guard nodes[node].isUp else { return }
+        // The shell replies to the kernel (which may cache what was read or written) and then tells the core,
+        // whose answer may invalidate those very caches for a mark that waited on this operation.
         finishOp(node, id, error: nil, reads: reads)
+        step(node, .operationFinished(OperationID(UInt64(id)), unwritten: []))
     }
 
     func transmit(from node: Int, _ m: Message) {

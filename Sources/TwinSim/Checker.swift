@@ -36,6 +36,9 @@ public enum HistoryChecker {
         let opID: Int
         let startUs: SimTimeUs
         let endUs: SimTimeUs?  // nil: may take effect at any time after start
+        /// For writes a power loss undid: from then on they cannot make an older value stale.
+        let rolledBackAtUs: SimTimeUs?
+        func supersedes(readStartingAtUs t: SimTimeUs) -> Bool { rolledBackAtUs.map { t < $0 } ?? true }
     }
 
     /// Checks every successful read in `history`, and the `finalValues` observed on each node after healing
@@ -49,7 +52,8 @@ public enum HistoryChecker {
         for op in history.ops {
             for (key, stamp) in op.writes {
                 writesByKey[key, default: []].append(
-                    WriteSpan(stamp: stamp, opID: op.id, startUs: op.invokeUs, endUs: op.effectEndUs))
+                    WriteSpan(stamp: stamp, opID: op.id, startUs: op.invokeUs, endUs: op.effectEndUs,
+                              rolledBackAtUs: op.rolledBack[key]))
                 writerOfStamp[stamp, default: (op.id, [])].key.insert(key)
             }
         }
@@ -62,12 +66,12 @@ public enum HistoryChecker {
             // ended before it started: a value is stale if a whole write fits between its writer's end and the read.
             func supersededAfter(_ endUs: SimTimeUs) -> WriteSpan? {
                 writes.first { w in
-                    guard let wEnd = w.endUs else { return false }
+                    guard w.supersedes(readStartingAtUs: readStartUs), let wEnd = w.endUs else { return false }
                     return w.startUs > endUs && wEnd < readStartUs
                 }
             }
             if observed == 0 {
-                if let w = writes.first(where: { ($0.endUs ?? .max) < readStartUs }) {
+                if let w = writes.first(where: { $0.supersedes(readStartingAtUs: readStartUs) && ($0.endUs ?? .max) < readStartUs }) {
                     violations.append(Violation(.staleRead, atUs: readStartUs,
                         "\(who) read initial value of \(key) although op#\(w.opID) (stamp \(w.stamp)) completed at \(w.endUs!)us"))
                 }

@@ -42,11 +42,12 @@ public struct OpRecord: Sendable {
     /// Time after which the operation certainly had no more effect; nil when it may still take effect at any time
     /// (failed or lost writes are treated as concurrent with everything after their invocation).
     public var effectEndUs: SimTimeUs? {
-        outcome == .ok && !rolledBack ? completeUs : nil
+        outcome == .ok ? completeUs : nil
     }
-    /// A power loss undid this completed write before it was durable, which the durability contract allows; from then
-    /// on the checker treats it like a write whose outcome is unknown.
-    public var rolledBack = false
+    /// Registers where a power loss left this completed write nowhere (it was never synced on either node), which the
+    /// durability contract allows: there it may be absent from then on, so it no longer makes older values stale; if
+    /// its value is read, the usual ordering rules still apply to it.
+    public var rolledBack: [RegisterKey: SimTimeUs] = [:]
 }
 
 public struct History: Sendable {
@@ -69,7 +70,7 @@ public struct History: Sendable {
         ops[id].reads = reads
     }
 
-    public mutating func forgive(_ id: Int) { ops[id].rolledBack = true }
+    public mutating func forgive(_ id: Int, _ key: RegisterKey, atUs: SimTimeUs) { ops[id].rolledBack[key] = atUs }
 
     public func op(_ id: Int) -> OpRecord { ops[id] }
     public var pendingIDs: [Int] { ops.filter { $0.outcome == .pending }.map(\.id) }

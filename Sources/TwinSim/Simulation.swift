@@ -110,7 +110,7 @@ public final class Simulation {
     var restartScheduled: [Bool] = [false, false]
     var invariantReported = false
     var pendingWakes: [Set<SimTimeUs>] = [[], []]
-    /// Operations whose completed effect a power loss legitimately rolled back (written, not yet durable).
+    /// Operations with a completed effect a power loss legitimately undid somewhere (written, never synced).
     public private(set) var rolledBackOps: [Int] = []
 
     public init(config: SwarmConfig, options: SimOptions = SimOptions()) {
@@ -248,11 +248,19 @@ public final class Simulation {
         metrics.absorb(core.status.counters)
         log("\(nodeName(node)) CRASH (\(kind.rawValue))")
         if network.isConnected { disconnect(partitionUntilUs: nil, reason: "\(nodeName(node)) crashed") }
-        let rolledBack = nodes[node].store.crash(kind, nowUs: queue.nowUs, random: &diskRandom)
-        for op in rolledBack.sorted() {
-            history.forgive(op)
-            rolledBackOps.append(op)
-            log("power loss rolled back completed op#\(op) (its write was not yet synced)")
+        _ = nodes[node].store.crash(kind, nowUs: queue.nowUs, random: &diskRandom)
+        if kind == .powerLoss {
+            // Completed writes whose value now exists on neither node were never synced anywhere: the contract lets a
+            // power loss lose them (it would not let a kill lose them, and a kill never does here).
+            for op in history.ops where op.outcome == .ok {
+                for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key }) where op.rolledBack[key] == nil {
+                    if nodes.allSatisfy({ $0.store.visible[key.location].slots[key.slot] != stamp }) {
+                        history.forgive(op.id, key, atUs: queue.nowUs)
+                        log("power loss: op#\(op.id)'s value of \(key) now exists on neither node (never synced)")
+                    }
+                }
+            }
+            rolledBackOps = history.ops.filter { !$0.rolledBack.isEmpty }.map(\.id)
         }
         nodes[node].core = nil
         nodes[node].incarnation += 1

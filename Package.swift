@@ -34,6 +34,8 @@ let package = Package(
         .executableTarget(
             name: "twinfs-sim",
             dependencies: ["TwinSim", "MirrorCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Throughput benchmark of the protocol core (not part of `swift test`): swift run -c release core-bench
+        .executableTarget(name: "core-bench", dependencies: ["MirrorCore"], path: "Tests/Benchmarks/CoreThroughput"),
         .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore"]),
         .testTarget(name: "TwinSimTests", dependencies: ["TwinSim", "MirrorCore"]),
         .testTarget(name: "TwinStoreTests", dependencies: ["TwinStore"], swiftSettings: swift5),

@@ -105,6 +105,8 @@ public final class MirrorNode {
     struct OutMark {
         var items: [MarkItem]
         var remaining: Int
+        /// Items that asked for the granter's data (partial writes under MOOS); usually empty.
+        var needData: Set<Location> = []
     }
     enum PendingRead {
         case push(Location, epoch: UInt64)
@@ -244,15 +246,16 @@ public final class MirrorNode {
 
     func requestOperation(_ r: OperationRequest) {
         precondition(ops[r.id] == nil, "operation id reused while live")
-        var items = r.items
-        items.sort { $0.location < $1.location }
-        var merged: [AccessItem] = []
-        merged.reserveCapacity(items.count)
-        for it in items {
-            if let last = merged.last, last.location == it.location {
-                // Any mix of accesses needs the current data and the token: a partial write.
-                if last.access != it.access { merged[merged.count - 1].access = .writePartial }
-            } else { merged.append(it) }
+        var merged = r.items
+        if merged.count > 1 {
+            let items = merged.sorted { $0.location < $1.location }
+            merged.removeAll(keepingCapacity: true)
+            for it in items {
+                if let last = merged.last, last.location == it.location {
+                    // Any mix of accesses needs the current data and the token: a partial write.
+                    if last.access != it.access { merged[merged.count - 1].access = .writePartial }
+                } else { merged.append(it) }
+            }
         }
         ops[r.id] = Op(id: r.id, items: merged, hint: r.hint, startTick: now)
         requestEarly(r.id)
@@ -407,7 +410,9 @@ public final class MirrorNode {
     /// Drops the operation and its locks (granted or not), then serves what waited on those locks.
     func endOperation(_ op: Op) {
         ops[op.id] = nil
-        for (l, t) in takeoverRequested where t == op.id { takeoverRequested[l] = nil }
+        if !takeoverRequested.isEmpty {
+            for it in op.items where takeoverRequested[it.location] == op.id { takeoverRequested[it.location] = nil }
+        }
         if op.phase != .granted {
             for it in op.items where takeover[it.location] == op.id {
                 // The full overwrite never happened: our copy may be older than the peer's (hazard 6).
@@ -546,7 +551,9 @@ public final class MirrorNode {
             let t = flushPersist()
             for it in items { supersetPending[it.location] = t }
         }
-        outMarks[id] = OutMark(items: items, remaining: items.count)
+        var om = OutMark(items: items, remaining: items.count)
+        for it in items where it.needData { om.needData.insert(it.location) }
+        outMarks[id] = om
         counters.marksSent += 1
         counters.locationsMarked += items.count
         if connected { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
@@ -685,6 +692,18 @@ public final class MirrorNode {
 
     func receiveMarkReply(_ r: MarkReply) {
         observe(clock: r.clock)
+        for g in r.granted where markOf[g.location] != r.id || outMarks[r.id] == nil {
+            // Data for a grant we no longer wait for: still land it (if newer) and acknowledge it, or the granter
+            // would wait for the ack forever.
+            if let data = g.data, let v = g.version {
+                observe(clock: v.counter)
+                let t = newToken()
+                writes[t] = PendingWrite(location: g.location, version: v, kind: .push(durable: false))
+                receiving[g.location, default: 0] += 1
+                out.append(.storeWrite(CompletionToken(t), g.location, data, v,
+                                       onlyIfNewer: rules.ignoreStalePushes, sync: false))
+            }
+        }
         guard var om = outMarks[r.id] else { return }
         var woken: [Location] = []
         for g in r.granted where markOf[g.location] == r.id {
@@ -719,7 +738,7 @@ public final class MirrorNode {
     func takeToken(_ l: Location, markID: UInt64, om: inout OutMark) {
         let before = persisted(l)
         let wasMoos = bits.token(l) == .moos
-        let needData = om.items.first { $0.location == l }?.needData ?? false
+        let needData = om.needData.contains(l)
         markOf[l] = nil
         om.remaining -= 1
         if wasMoos && !needData {

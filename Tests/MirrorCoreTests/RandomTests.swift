@@ -3,6 +3,7 @@
 // Owns: a per-location single-copy check at grant time, no-deadlock while connected, and convergence after healing.
 // Must never: use unseeded randomness; a failure names its seed.
 
+import Foundation
 import MirrorCore
 import XCTest
 
@@ -20,15 +21,22 @@ struct SplitMix {
 }
 
 final class RandomTests: XCTestCase {
-    /// Set to a failing seed to print the tail of its event/action trace.
-    var traceSeed: UInt64 = 0
+    /// Environment: MIRRORCORE_WALK_SEEDS="A-B" (default 1-300), MIRRORCORE_WALK_STEPS (default 120),
+    /// MIRRORCORE_TRACE_SEED=N prints that seed's full event/action trace.
+    let env = ProcessInfo.processInfo.environment
+    var traceSeed: UInt64 { UInt64(env["MIRRORCORE_TRACE_SEED"] ?? "") ?? 0 }
+    var seeds: ClosedRange<UInt64> {
+        let parts = (env["MIRRORCORE_WALK_SEEDS"] ?? "").split(separator: "-").compactMap { UInt64($0) }
+        return parts.count == 2 ? parts[0]...parts[1] : 1...300
+    }
+    var steps: Int { Int(env["MIRRORCORE_WALK_STEPS"] ?? "") ?? 120 }
 
     let locations: [Location] = [.inode(1), .track(1, 0), .track(1, 1), .track(1, 2), .track(1, 3),
                                  .inode(2), .track(2, 0), .track(2, 1)]
 
     func testRandomWalksKeepSingleCopyConsistency() {
-        for seed in 1...300 as ClosedRange<UInt64> {
-            if let failure = walk(seed: seed, steps: 120) {
+        for seed in seeds {
+            if let failure = walk(seed: seed, steps: steps) {
                 XCTFail("seed \(seed): \(failure)")
                 return
             }

@@ -11,6 +11,8 @@ public struct SimMetrics: Sendable {
     public var reads = 0
     public var writes = 0
     public var writtenTracks = 0
+    /// Locations written (tracks plus inode records), summed over write operations.
+    public var writtenLocations = 0
     /// Operations that completed without the node sending a request it had to wait for (G1's "local latency").
     public var localOperations = 0
     public var markRequests = 0
@@ -36,7 +38,7 @@ public struct SimMetrics: Sendable {
 
     public mutating func merge(_ o: SimMetrics) {
         operations += o.operations; operationsCompleted += o.operationsCompleted; operationsFailed += o.operationsFailed
-        reads += o.reads; writes += o.writes; writtenTracks += o.writtenTracks; localOperations += o.localOperations
+        reads += o.reads; writes += o.writes; writtenTracks += o.writtenTracks; writtenLocations += o.writtenLocations; localOperations += o.localOperations
         markRequests += o.markRequests; markedLocations += o.markedLocations; pullRequests += o.pullRequests
         for (k, v) in o.messagesByKind { messagesByKind[k, default: 0] += v }
         roundTripsTotal += o.roundTripsTotal; crashes += o.crashes; disconnects += o.disconnects; events += o.events
@@ -60,6 +62,7 @@ public struct SimMetrics: Sendable {
     private func ratio(_ a: Double, _ b: Int) -> Double { b == 0 ? 0 : a / Double(b) }
     public var roundTripsPerOperation: Double { ratio(roundTripsTotal, operationsCompleted) }
     public var marksPerWrittenTrack: Double { ratio(Double(markRequests), writtenTracks) }
+    public var marksPerWrittenLocation: Double { ratio(Double(markRequests), writtenLocations) }
     public var pullsPerRead: Double { ratio(Double(pullRequests), reads) }
     public var localFraction: Double { ratio(Double(localOperations), operationsCompleted) }
 
@@ -69,7 +72,7 @@ public struct SimMetrics: Sendable {
             return "\(scaled)"
         }
         return "ops=\(operations) done=\(operationsCompleted) failed=\(operationsFailed) "
-            + "rtt/op=\(f(roundTripsPerOperation)) marks/written-track=\(f(marksPerWrittenTrack)) "
+            + "rtt/op=\(f(roundTripsPerOperation)) marks/written-track=\(f(marksPerWrittenTrack)) marks/written-location=\(f(marksPerWrittenLocation)) "
             + "pulls/read=\(f(pullsPerRead)) local=\(f(localFraction)) core-waits/op=\(f(coreRoundTripsPerOperation)) "
             + "marks=\(markRequests) marked-locations=\(markedLocations) pulls=\(pullRequests)"
     }

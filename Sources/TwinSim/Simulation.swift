@@ -212,6 +212,7 @@ public final class Simulation {
         metrics.operations += 1
         if op.writes.isEmpty { metrics.reads += 1 } else { metrics.writes += 1 }
         metrics.writtenTracks += op.writtenTracks(layout)
+        metrics.writtenLocations += op.writes.count
         if let client { nodes[node].clientOps[client] = id }
         log("\(nodeName(node)) op#\(id) \(op.label) stamp \(stamp)")
         // The kernel answers a read of cached locations itself; the daemon never sees it.

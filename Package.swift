@@ -19,7 +19,8 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CLinuxShims"),
-        .target(name: "MirrorCore"),
+        // Release builds skip dynamic exclusivity checks in the core (its hot path is class-property access).
+        .target(name: "MirrorCore", swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]),
         .target(name: "TwinStore", dependencies: ["CSQLite", "CLinuxShims"], swiftSettings: swift5),
         .target(name: "TwinNode", dependencies: ["TwinStore", "CLinuxShims"], swiftSettings: swift5),
         .target(name: "TwinFUSE", dependencies: ["CFuse3", "CLinuxShims", "TwinNode", "TwinStore"], swiftSettings: swift5),

@@ -17,35 +17,64 @@ struct InodeBits {
     var pushCursor: UInt64 = 0
 }
 
-struct LocationBits {
-    var inodes: [UInt64: InodeBits] = [:]
+/// Reference type on purpose: reads update a one-entry inode cache, so consecutive operations on one file (the common
+/// case) skip hashing entirely.
+final class LocationBits {
+    /// Per-inode bitmaps in slots; `index` maps inode numbers to slots, freed slots are reused.
+    private var slots: [InodeBits] = []
+    private var index: [UInt64: Int] = [:]
+    private var freeSlots: [Int] = []
+    private var cacheIno: UInt64 = .max
+    private var cacheSlot = -1
     private(set) var oosCount = 0
     private(set) var moosCount = 0
     private(set) var mosCount = 0
 
+    /// Inode numbers with any state.
+    var inodeNumbers: [UInt64] { Array(index.keys) }
+
+    @inline(__always)
+    private func find(_ ino: UInt64) -> Int? {
+        if ino == cacheIno { return cacheSlot }
+        guard let i = index[ino] else { return nil }
+        cacheIno = ino
+        cacheSlot = i
+        return i
+    }
+
+    private func findOrCreate(_ ino: UInt64) -> Int {
+        if let i = find(ino) { return i }
+        let i: Int
+        if let f = freeSlots.popLast() { i = f; slots[i] = InodeBits() } else { i = slots.count; slots.append(InodeBits()) }
+        index[ino] = i
+        cacheIno = ino
+        cacheSlot = i
+        return i
+    }
+
     @inline(__always)
     func token(_ l: Location) -> TokenState {
-        guard let b = inodes[l.ino] else { return .none }
-        if l.slot == 0 { return b.recordToken }
+        guard let i = find(l.ino) else { return .none }
+        if l.slot == 0 { return slots[i].recordToken }
         let t = l.slot - 1
         let w = Int(t >> 5)
-        guard w < b.tokens.count else { return .none }
-        return TokenState(rawValue: UInt8((b.tokens[w] >> ((t & 31) * 2)) & 3))!
+        guard w < slots[i].tokens.count else { return .none }
+        return TokenState(rawValue: UInt8((slots[i].tokens[w] >> ((t & 31) * 2)) & 3))!
     }
 
     @inline(__always)
     func oos(_ l: Location) -> Bool {
-        guard let b = inodes[l.ino] else { return false }
-        if l.slot == 0 { return b.recordOOS }
+        guard let i = find(l.ino) else { return false }
+        if l.slot == 0 { return slots[i].recordOOS }
         let t = l.slot - 1
         let w = Int(t >> 6)
-        guard w < b.oos.count else { return false }
-        return (b.oos[w] >> (t & 63)) & 1 == 1
+        guard w < slots[i].oos.count else { return false }
+        return (slots[i].oos[w] >> (t & 63)) & 1 == 1
     }
 
     func state(_ l: Location) -> LocationState { LocationState(token: token(l), outOfSync: oos(l)) }
 
-    private mutating func count(_ t: TokenState, _ d: Int) {
+    private func count(_ t: TokenState, _ d: Int) {
         switch t {
         case .none: break
         case .moos: moosCount += d
@@ -55,62 +84,70 @@ struct LocationBits {
 
     /// Returns the previous token.
     @discardableResult
-    mutating func setToken(_ l: Location, _ new: TokenState) -> TokenState {
+    func setToken(_ l: Location, _ new: TokenState) -> TokenState {
         let old = token(l)
         if old == new { return old }
         count(old, -1); count(new, 1)
-        let wasLive = old != .none || oos(l)
-        let isLive = new != .none || oos(l)
-        modify(l.ino) { b in
-            if l.slot == 0 { b.recordToken = new } else {
-                let t = l.slot - 1
-                let w = Int(t >> 5)
-                if w >= b.tokens.count { b.tokens.append(contentsOf: repeatElement(0, count: w - b.tokens.count + 1)) }
-                let sh = (t & 31) * 2
-                b.tokens[w] = (b.tokens[w] & ~(3 << sh)) | (UInt64(new.rawValue) << sh)
+        let hasOOS = oos(l)
+        let wasLive = old != .none || hasOOS
+        let isLive = new != .none || hasOOS
+        let i = findOrCreate(l.ino)
+        if l.slot == 0 { slots[i].recordToken = new } else {
+            let t = l.slot - 1
+            let w = Int(t >> 5)
+            if w >= slots[i].tokens.count {
+                slots[i].tokens.append(contentsOf: repeatElement(0, count: w - slots[i].tokens.count + 1))
             }
-            b.live += (isLive ? 1 : 0) - (wasLive ? 1 : 0)
+            let sh = (t & 31) * 2
+            slots[i].tokens[w] = (slots[i].tokens[w] & ~(3 << sh)) | (UInt64(new.rawValue) << sh)
         }
+        settle(i, l.ino, (isLive ? 1 : 0) - (wasLive ? 1 : 0))
         return old
     }
 
     /// Returns the previous bit.
     @discardableResult
-    mutating func setOOS(_ l: Location, _ new: Bool) -> Bool {
+    func setOOS(_ l: Location, _ new: Bool) -> Bool {
         let old = oos(l)
         if old == new { return old }
         oosCount += new ? 1 : -1
         let tok = token(l)
         let wasLive = tok != .none || old
         let isLive = tok != .none || new
-        modify(l.ino) { b in
-            if l.slot == 0 { b.recordOOS = new } else {
-                let t = l.slot - 1
-                let w = Int(t >> 6)
-                if w >= b.oos.count { b.oos.append(contentsOf: repeatElement(0, count: w - b.oos.count + 1)) }
-                if new { b.oos[w] |= 1 << (t & 63) } else { b.oos[w] &= ~(1 << (t & 63)) }
+        let i = findOrCreate(l.ino)
+        if l.slot == 0 { slots[i].recordOOS = new } else {
+            let t = l.slot - 1
+            let w = Int(t >> 6)
+            if w >= slots[i].oos.count {
+                slots[i].oos.append(contentsOf: repeatElement(0, count: w - slots[i].oos.count + 1))
             }
-            if new && l.slot < b.pushCursor { b.pushCursor = l.slot }
-            b.live += (isLive ? 1 : 0) - (wasLive ? 1 : 0)
+            if new { slots[i].oos[w] |= 1 << (t & 63) } else { slots[i].oos[w] &= ~(1 << (t & 63)) }
         }
+        if new && l.slot < slots[i].pushCursor { slots[i].pushCursor = l.slot }
+        settle(i, l.ino, (isLive ? 1 : 0) - (wasLive ? 1 : 0))
         return old
     }
 
-    @inline(__always)
-    private mutating func modify(_ ino: UInt64, _ f: (inout InodeBits) -> Void) {
-        f(&inodes[ino, default: InodeBits()])
-        if inodes[ino]!.live == 0 { inodes[ino] = nil }
+    /// Keeps the live count; an inode with nothing set gives its slot back (memory stays O(active inodes)).
+    private func settle(_ i: Int, _ ino: UInt64, _ delta: Int) {
+        slots[i].live += delta
+        if slots[i].live == 0 {
+            slots[i] = InodeBits()
+            index[ino] = nil
+            freeSlots.append(i)
+            if cacheIno == ino { cacheIno = .max; cacheSlot = -1 }
+        }
     }
 
     /// OOS locations of `ino` at or after `fromSlot` (0 = the record, then tracks), in order, up to `limit`.
     func oosLocations(ino: UInt64, fromSlot: UInt64, limit: Int, into out: inout [Location]) {
-        guard let b = inodes[ino], limit > 0 else { return }
-        if fromSlot == 0 && b.recordOOS { out.append(.inode(ino)) }
+        guard let i = find(ino), limit > 0 else { return }
+        if fromSlot == 0 && slots[i].recordOOS { out.append(.inode(ino)) }
         let fromTrack = fromSlot == 0 ? 0 : fromSlot - 1
         var w = Int(fromTrack >> 6)
         var first = true
-        while w < b.oos.count && out.count < limit {
-            var word = b.oos[w]
+        while w < slots[i].oos.count && out.count < limit {
+            var word = slots[i].oos[w]
             if first { word &= ~0 << (fromTrack & 63); first = false }
             while word != 0 && out.count < limit {
                 let bit = UInt64(word.trailingZeroBitCount)
@@ -121,25 +158,26 @@ struct LocationBits {
         }
     }
 
-    func pushCursor(_ ino: UInt64) -> UInt64 { inodes[ino]?.pushCursor ?? 0 }
-    mutating func setPushCursor(_ ino: UInt64, _ c: UInt64) {
-        if inodes[ino] != nil { inodes[ino]!.pushCursor = c }
+    func pushCursor(_ ino: UInt64) -> UInt64 { find(ino).map { slots[$0].pushCursor } ?? 0 }
+    func setPushCursor(_ ino: UInt64, _ c: UInt64) {
+        if let i = find(ino) { slots[i].pushCursor = c }
     }
 
     /// Every location with MOS set, in `ino` (for the release scan).
     func mosLocations(ino: UInt64, into out: inout [Location]) {
-        guard let b = inodes[ino] else { return }
-        if b.recordToken == .mos { out.append(.inode(ino)) }
-        for (w, word) in b.tokens.enumerated() where word != 0 {
-            for i in 0..<32 where (word >> (UInt64(i) * 2)) & 3 == UInt64(TokenState.mos.rawValue) {
-                out.append(.track(ino, UInt64(w) * 32 + UInt64(i)))
+        guard let i = find(ino) else { return }
+        if slots[i].recordToken == .mos { out.append(.inode(ino)) }
+        for (w, word) in slots[i].tokens.enumerated() where word != 0 {
+            for k in 0..<32 where (word >> (UInt64(k) * 2)) & 3 == UInt64(TokenState.mos.rawValue) {
+                out.append(.track(ino, UInt64(w) * 32 + UInt64(k)))
             }
         }
     }
 
     /// Visits every location with a non-none token or OOS (for invariant checks and tests).
     func forEachLive(_ body: (Location, LocationState) -> Void) {
-        for (ino, b) in inodes {
+        for (ino, i) in index {
+            let b = slots[i]
             if b.recordToken != .none || b.recordOOS {
                 body(.inode(ino), LocationState(token: b.recordToken, outOfSync: b.recordOOS))
             }
@@ -153,5 +191,5 @@ struct LocationBits {
     }
 
     /// Bytes of bitmap words held (for the memory figure).
-    var wordBytes: Int { inodes.values.reduce(0) { $0 + ($1.tokens.count + $1.oos.count) * 8 } }
+    var wordBytes: Int { index.values.reduce(0) { $0 + (slots[$1].tokens.count + slots[$1].oos.count) * 8 } }
 }

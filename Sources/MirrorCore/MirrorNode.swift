@@ -31,6 +31,8 @@ public final class MirrorNode {
     var wantReservation: UInt64?
     /// Superset written for a pending mark: a write under the token waits until this persist is durable.
     var supersetPending: [Location: UInt64] = [:]
+    /// The same entries in persist order, so they are dropped when durable (the table stays empty on the hot path).
+    var supersetQueue: [(token: UInt64, locations: [Location])] = []
 
     var ops: [OperationID: Op] = [:]
     var locks: [Location: Lock] = [:]
@@ -194,9 +196,9 @@ public final class MirrorNode {
     /// The durable 2-bit state a location must have, derived from the volatile state (PROTOCOL.md "Persisted state").
     func persisted(_ l: Location) -> PersistedState {
         switch bits.token(l) {
-        case .mos: return takeover[l] != nil ? .contested : .held
-        case .moos: return (bits.oos(l) || markOf[l] != nil || landing[l] != nil) ? .contested : .moos
-        case .none: return (bits.oos(l) || markOf[l] != nil || landing[l] != nil) ? .held : .none
+        case .mos: return takeover.at(l) != nil ? .contested : .held
+        case .moos: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil) ? .contested : .moos
+        case .none: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil) ? .held : .none
         }
     }
 
@@ -271,9 +273,9 @@ public final class MirrorNode {
         for it in op.items {
             let tok = bits.token(it.location)
             if it.access.isWrite {
-                if tok != .mos && markOf[it.location] == nil && grantsUnsent[it.location] == nil
-                    && answering[it.location] == nil { markNeed.append(it) }
-            } else if tok == .moos && pulls[it.location] == nil && grantsUnsent[it.location] == nil {
+                if tok != .mos && markOf.at(it.location) == nil && grantsUnsent.at(it.location) == nil
+                    && answering.at(it.location) == nil { markNeed.append(it) }
+            } else if tok == .moos && pulls[it.location] == nil && grantsUnsent.at(it.location) == nil {
                 pullNeed.append(it.location)
             }
         }
@@ -282,17 +284,17 @@ public final class MirrorNode {
     }
 
     func ready(_ l: Location, _ access: Access) -> Bool {
-        if let n = receiving[l], n > 0 { return false }
+        if let n = receiving.at(l), n > 0 { return false }
         let tok = bits.token(l)
         switch access {
-        case .read: return tok != .moos && takeover[l] == nil
-        case .writePartial: return tok == .mos && takeover[l] == nil
+        case .read: return tok != .moos && takeover.at(l) == nil
+        case .writePartial: return tok == .mos && takeover.at(l) == nil
         case .writeFull: return tok == .mos
         }
     }
 
     func canLock(_ l: Location, _ access: Access) -> Bool {
-        guard let lk = locks[l] else { return true }
+        guard let lk = locks.at(l) else { return true }
         if !lk.waiters.isEmpty { return false }
         if lk.holders.isEmpty { return true }
         return !access.isWrite && !lk.exclusive
@@ -309,7 +311,7 @@ public final class MirrorNode {
         while op.index < op.items.count {
             let it = op.items[op.index]
             let l = it.location
-            if let owner = takeover[l], owner != id { revokeTakeover(l) }
+            if let owner = takeover.at(l), owner != id { revokeTakeover(l) }
             if !op.holdsCurrent {
                 guard canLock(l, it.access) else {
                     locks[l, default: Lock()].waiters.append(id)
@@ -327,10 +329,10 @@ public final class MirrorNode {
             }
             // Not ready: make sure a request is pending, then wait while holding only locations before `l`.
             if it.access.isWrite {
-                if markOf[l] == nil && bits.token(l) != .mos && grantsUnsent[l] == nil && answering[l] == nil {
+                if markOf.at(l) == nil && bits.token(l) != .mos && grantsUnsent.at(l) == nil && answering.at(l) == nil {
                     sendMark([it], hint: op.hint, for: id)
                 }
-            } else if bits.token(l) == .moos && pulls[l] == nil && grantsUnsent[l] == nil {
+            } else if bits.token(l) == .moos && pulls[l] == nil && grantsUnsent.at(l) == nil {
                 sendPull([l])
             }
             if op.waitedOn != l { op.waitedOn = l; op.roundTrips += 1 }
@@ -352,7 +354,7 @@ public final class MirrorNode {
         var writes = false
         for it in op.items where it.access.isWrite {
             writes = true
-            if let t = supersetPending[it.location] {
+            if let t = supersetPending.at(it.location) {
                 if durableToken >= t { supersetPending[it.location] = nil } else { waiting = true }
             }
         }
@@ -394,11 +396,11 @@ public final class MirrorNode {
             let l = it.location
             let before = persisted(l)
             if unwritten.contains(l) {
-                if takeover[l] != nil { takeover[l] = nil; bits.setToken(l, .moos); wake(l) }
+                if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); wake(l) }
             } else {
                 takeover[l] = nil
                 setOOS(l, true)
-                if inFlight[l] != nil { inFlight[l]!.rewritten = true }
+                if inFlight.at(l) != nil { inFlight[l]!.rewritten = true }
                 enqueuePush(l)
             }
             touch(l, before)
@@ -443,7 +445,7 @@ public final class MirrorNode {
     /// Peer requests that waited for a location come first (so two nodes alternate instead of one starving), then
     /// local operations queued on the lock.
     func afterUnlock(_ l: Location) {
-        if let ds = deferred[l], !blocked(l) {
+        if let ds = deferred.at(l), !blocked(l) {
             deferred[l] = nil
             for d in ds {
                 switch d {
@@ -480,7 +482,7 @@ public final class MirrorNode {
     /// durability, or acquiring a later location). An operation waiting for this very location does not block:
     /// that is the tie-break case, and waiting there must never stop us answering (hazard 5).
     func blocked(_ l: Location) -> Bool {
-        guard let lk = locks[l] else { return false }
+        guard let lk = locks.at(l) else { return false }
         for h in lk.holders {
             guard let op = ops[h] else { continue }
             if op.phase == .granted || op.phase == .durableWait { return true }
@@ -520,7 +522,7 @@ public final class MirrorNode {
 
     func sendMark(_ need: [AccessItem], hint: PredictionHint, for op: OperationID) {
         var items: [MarkItem] = []
-        for it in need where markOf[it.location] == nil && bits.token(it.location) != .mos {
+        for it in need where markOf.at(it.location) == nil && bits.token(it.location) != .mos {
             let moos = bits.token(it.location) == .moos
             items.append(MarkItem(location: it.location, needData: moos && it.access != .writeFull, predicted: false))
             if moos && it.access == .writeFull { takeoverRequested[it.location] = op }
@@ -531,8 +533,8 @@ public final class MirrorNode {
         if !suggested.isEmpty {
             var seen = Set(items.map(\.location))
             for s in suggested where items.count < config.maxMarkItems {
-                guard !seen.contains(s), bits.token(s) == .none, markOf[s] == nil, locks[s] == nil,
-                      receiving[s] == nil, answering[s] == nil, grantsUnsent[s] == nil else { continue }
+                guard !seen.contains(s), bits.token(s) == .none, markOf.at(s) == nil, locks.at(s) == nil,
+                      receiving.at(s) == nil, answering.at(s) == nil, grantsUnsent.at(s) == nil else { continue }
                 seen.insert(s)
                 items.append(MarkItem(location: s, needData: false, predicted: true))
                 counters.locationsPredicted += 1
@@ -550,6 +552,7 @@ public final class MirrorNode {
             // first write under the new token (hazard 7).
             let t = flushPersist()
             for it in items { supersetPending[it.location] = t }
+            supersetQueue.append((t, items.map(\.location)))
         }
         var om = OutMark(items: items, remaining: items.count)
         for it in items where it.needData { om.needData.insert(it.location) }
@@ -619,7 +622,7 @@ public final class MirrorNode {
     /// own mark comes back refused (it then holds MOOS and retries through the pull path).
     func grantOrRefuse(_ item: MarkItem, _ reply: inout PendingReply) {
         let l = item.location
-        if rules.tieBreakConcurrentMarks, markOf[l] != nil, config.node < config.peer {
+        if rules.tieBreakConcurrentMarks, markOf.at(l) != nil, config.node < config.peer {
             reply.refused.append(l)
             return
         }
@@ -650,7 +653,7 @@ public final class MirrorNode {
     /// when the grant leaves (a pull sent in between is answered before the peer sees the grant).
     func cancelPull(_ l: Location) {
         pulls[l] = nil
-        if receiving[l] != nil {
+        if receiving.at(l) != nil {
             for (t, w) in writes where w.location == l {
                 if case .answer = w.kind { writes[t]!.kind = .answer(clearsMOOS: false) }
             }
@@ -673,7 +676,7 @@ public final class MirrorNode {
 
     func sendReply(_ r: PendingReply) {
         for g in r.granted {
-            if let n = grantsUnsent[g.location] { grantsUnsent[g.location] = n <= 1 ? nil : n - 1 }
+            if let n = grantsUnsent.at(g.location) { grantsUnsent[g.location] = n <= 1 ? nil : n - 1 }
             cancelPull(g.location)
         }
         if connected && r.epoch == epoch {
@@ -762,7 +765,7 @@ public final class MirrorNode {
         if rules.giveUpTokenOnPull { landing[l] = nil }
         if rules.giveUpTokenOnPull {
             // Hazard 2: the answer hands the token back; a takeover copy is stale, so it returns to MOOS.
-            if takeover[l] != nil { takeover[l] = nil; bits.setToken(l, .moos) }
+            if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos) }
             else if bits.token(l) == .mos { bits.setToken(l, .none) }
         }
         touch(l, before)
@@ -787,8 +790,8 @@ public final class MirrorNode {
         bits.oosLocations(ino: l.ino, fromSlot: t + 2, limit: config.prefetchTracks, into: &cands)
         for c in cands {
             guard let ct = c.trackIndex, ct <= t + UInt64(config.prefetchTracks) * 2,
-                  bits.token(c) == .mos, locks[c] == nil, inFlight[c] == nil, takeover[c] == nil,
-                  receiving[c] == nil, deferred[c] == nil else { continue }
+                  bits.token(c) == .mos, locks.at(c) == nil, inFlight.at(c) == nil, takeover.at(c) == nil,
+                  receiving.at(c) == nil, deferred.at(c) == nil else { continue }
             counters.prefetchesSent += 1
             answerPull(c, pullID: 0)
         }
@@ -834,7 +837,7 @@ public final class MirrorNode {
         }
         if e.pushing { e.pushing = false; pushesInFlight -= 1 }
         if (e.lastSent == r.version && !e.rewritten) || !rules.ignoreStaleAcks {
-            if (flushNeeds[l] ?? 0) > 0 && !r.durable {
+            if (flushNeeds.at(l) ?? 0) > 0 && !r.durable {
                 // A flush waits on this location: only a durable copy counts, so push again asking for one.
                 e.lastSent = nil
                 enqueuePush(l)
@@ -855,7 +858,7 @@ public final class MirrorNode {
         let before = persisted(l)
         setOOS(l, false)
         touch(l, before)
-        if (flushNeeds[l] ?? 0) > 0 { satisfyFlushes(l) }
+        if (flushNeeds.at(l) ?? 0) > 0 { satisfyFlushes(l) }
     }
 
     // MARK: store completions
@@ -869,14 +872,14 @@ public final class MirrorNode {
             if ep == epoch && connected && e.pushing && bits.oos(l) {
                 e.lastSent = v
                 counters.pushesSent += 1
-                out.append(.send(.push(Push(location: l, payload: p, version: v, durable: (flushNeeds[l] ?? 0) > 0))))
+                out.append(.send(.push(Push(location: l, payload: p, version: v, durable: (flushNeeds.at(l) ?? 0) > 0))))
             } else if e.pushing {
                 e.pushing = false
                 if ep == epoch { pushesInFlight -= 1 }
             }
             storeSent(l, e)
         case .answer(let l, let pullID, let ep):
-            if let n = answering[l] { answering[l] = n <= 1 ? nil : n - 1 }
+            if let n = answering.at(l) { answering[l] = n <= 1 ? nil : n - 1 }
             defer { wake(l) }
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
@@ -914,7 +917,7 @@ public final class MirrorNode {
     func writeDone(_ t: UInt64, _ stored: Version) {
         guard let w = writes.removeValue(forKey: t) else { return }
         let l = w.location
-        if let n = receiving[l] { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
+        if let n = receiving.at(l) { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
         // Our own unsynced copy is superseded once the store holds the peer's newer version (hazard 4).
         if stored == w.version && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
         switch w.kind {
@@ -951,6 +954,10 @@ public final class MirrorNode {
 
     func persistDone(_ t: UInt64) {
         if t > durableToken { durableToken = t }
+        while let first = supersetQueue.first, first.token <= durableToken {
+            supersetQueue.removeFirst()
+            for l in first.locations where supersetPending.at(l) == first.token { supersetPending[l] = nil }
+        }
         if let r = reservationInFlight, r.token <= durableToken {
             clockReserved = max(clockReserved, r.value)
             reservationInFlight = nil
@@ -981,7 +988,7 @@ public final class MirrorNode {
             for l in cands {
                 bits.setPushCursor(ino, l.slot + 1)
                 // Skipped locations come back through enqueuePush when what blocked them completes.
-                guard inFlight[l] == nil, receiving[l] == nil, !blocked(l) else { continue }
+                guard inFlight.at(l) == nil, receiving.at(l) == nil, !blocked(l) else { continue }
                 let t = newToken()
                 reads[t] = .push(l, epoch: epoch)
                 var e = Sent()
@@ -1015,7 +1022,7 @@ public final class MirrorNode {
     }
 
     func decNeed(_ l: Location) {
-        if let n = flushNeeds[l] { if n <= 1 { flushNeeds[l] = nil } else { flushNeeds[l] = n - 1 } }
+        if let n = flushNeeds.at(l) { if n <= 1 { flushNeeds[l] = nil } else { flushNeeds[l] = n - 1 } }
     }
 
     func releaseCold() {
@@ -1025,7 +1032,7 @@ public final class MirrorNode {
             hot = []
             hotRotatedAt = now
         }
-        if releaseScan.isEmpty { releaseScan = Array(bits.inodes.keys) }
+        if releaseScan.isEmpty { releaseScan = bits.inodeNumbers }
         var released: [Location] = []
         var cands: [Location] = []
         var budget = 64
@@ -1034,9 +1041,9 @@ public final class MirrorNode {
             cands.removeAll(keepingCapacity: true)
             bits.mosLocations(ino: ino, into: &cands)
             for l in cands where released.count < config.release.maxReleasesPerTick {
-                guard !bits.oos(l), !hot.contains(l), !hotPrevious.contains(l), locks[l] == nil,
-                      inFlight[l] == nil, takeover[l] == nil, markOf[l] == nil, receiving[l] == nil,
-                      deferred[l] == nil else { continue }
+                guard !bits.oos(l), !hot.contains(l), !hotPrevious.contains(l), locks.at(l) == nil,
+                      inFlight.at(l) == nil, takeover.at(l) == nil, markOf.at(l) == nil, receiving.at(l) == nil,
+                      deferred.at(l) == nil else { continue }
                 let before = persisted(l)
                 bits.setToken(l, .none)
                 touch(l, before)
@@ -1061,7 +1068,7 @@ public final class MirrorNode {
             if !items.isEmpty { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
         }
         if !pulls.isEmpty { sendPull(pulls.keys.sorted()) }
-        for (ino, _) in bits.inodes { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
+        for ino in bits.inodeNumbers { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
     }
 
     func connectionDown() {
@@ -1098,7 +1105,7 @@ public final class MirrorNode {
         clock = fresh.clock; clockReserved = fresh.clockReserved; reservationInFlight = nil
         incarnation = fresh.incarnation; connected = false; epoch = 0; peerHello = nil
         durableToken = 0; lastPersistToken = 0; nextTokenRaw = 0; dirty = []; wantReservation = nil
-        supersetPending = [:]; ops = [:]; locks = [:]; netWaiters = [:]; durableWaiters = []
+        supersetPending = [:]; supersetQueue = []; ops = [:]; locks = [:]; netWaiters = [:]; durableWaiters = []
         outMarks = [:]; markOf = [:]; landing = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
         deferred = [:]; replies = [:]; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
@@ -1125,6 +1132,11 @@ public final class MirrorNode {
         incarnation = r.incarnation
         nextMarkID = (r.incarnation << 40) | 1
     }
+}
+
+extension Dictionary {
+    /// Lookup that skips hashing when the dictionary is empty (most in-flight tables are, on the hot path).
+    @inline(__always) func at(_ key: Key) -> Value? { isEmpty ? nil : self[key] }
 }
 
 /// FIFO of inode numbers without duplicates (the background-copy work list).

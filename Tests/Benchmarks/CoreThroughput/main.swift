@@ -16,7 +16,19 @@ final class Bench {
     let cores: [MirrorNode]
     var queue: [Work] = []
     var head = 0
-    var stores: [[Location: Version]] = [[:], [:]]
+    /// Versions per node, inode (< 16 here) and slot: a flat store so the pump adds no hashing of its own.
+    var stores: [[[Version]]] = Array(repeating: Array(repeating: [], count: 16), count: 2)
+
+    @inline(__always) func stored(_ n: Int, _ l: Location) -> Version {
+        let a = stores[n][Int(l.ino)]
+        return Int(l.slot) < a.count ? a[Int(l.slot)] : .zero
+    }
+
+    @inline(__always) func store(_ n: Int, _ l: Location, _ v: Version) {
+        let i = Int(l.ino), k = Int(l.slot)
+        if k >= stores[n][i].count { stores[n][i].append(contentsOf: repeatElement(.zero, count: k - stores[n][i].count + 1024)) }
+        stores[n][i][k] = v
+    }
     var events = 0
     var granted: [OperationID] = []
     var actions: [Action] = []
@@ -52,14 +64,13 @@ final class Bench {
         for a in actions {
             switch a {
             case .send(let m): queue.append(Work(node: 1 - n, event: .received(m)))
-            case .storeRead(let t, let l): queue.append(Work(node: n, event: .storeReadDone(t, payload, stores[n][l] ?? .zero)))
+            case .storeRead(let t, let l): queue.append(Work(node: n, event: .storeReadDone(t, payload, stored(n, l))))
             case .storeWrite(let t, let l, _, let v, let onlyIfNewer, _):
-                let cur = stores[n][l] ?? .zero
-                if !onlyIfNewer || v > cur { stores[n][l] = v }
-                queue.append(Work(node: n, event: .storeWriteDone(t, stored: stores[n][l] ?? .zero)))
+                if !onlyIfNewer || v > stored(n, l) { store(n, l, v) }
+                queue.append(Work(node: n, event: .storeWriteDone(t, stored: stored(n, l))))
             case .persist(let t, _): queue.append(Work(node: n, event: .persistDone(t)))
             case .grant(let id, let stamps):
-                for s in stamps { stores[n][s.location] = s.version }
+                for s in stamps { store(n, s.location, s.version) }
                 queue.append(Work(node: n, event: .operationFinished(id, unwritten: [])))
             case .fail, .invalidateCaches, .flushDone, .flushFailed, .wakeAt: break
             }

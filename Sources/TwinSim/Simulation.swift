@@ -551,7 +551,8 @@ public final class Simulation {
 
     func diskDelay(_ node: Int) -> SimTimeUs {
         if let fixed = options.diskLatencyUs[node] { return fixed }
-        return diskRandom.uint64(config.diskLatencyMinUs...max(config.diskLatencyMinUs, config.diskLatencyMaxUs))
+        let base = diskRandom.uint64(config.diskLatencyMinUs...max(config.diskLatencyMinUs, config.diskLatencyMaxUs))
+        return base * config.diskSlowdown[node]
     }
 
     func scheduleTick(_ node: Int, afterUs: SimTimeUs, periodic: Bool) {

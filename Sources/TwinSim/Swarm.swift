@@ -43,6 +43,8 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
     // Disks and crashes.
     public var diskLatencyMaxUs: SimTimeUs
     public var diskLatencyMinUs: SimTimeUs = 0
+    /// Multiplier of each node's disk latency: sometimes one node has a much slower disk than the other.
+    public var diskSlowdown: [UInt64] = [1, 1]
     public var crashChance: Double
     /// Fraction of crashes that are power losses (in-flight disk writes may vanish) rather than process kills.
     public var powerLossFraction: Double
@@ -53,7 +55,7 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
         var r = SimRandom(seed: seed ^ 0x5357_4152_4D00_0000)  // "SWARM": its own stream
         let workload = forced ?? r.pick([.mixed, .mixed, .random, .sequential, .createHeavy, .contending])
         let quiet = !faults || r.chance(0.15)  // some seeds run fault-free to exercise the fast paths at length
-        return SwarmConfig(
+        var c = SwarmConfig(
             seed: seed,
             workload: workload,
             fileCount: r.int(1...3),
@@ -75,6 +77,8 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
             powerLossFraction: r.pick([0.0, 0.5, 1.0]),
             restartDelayUs: r.pick([0, 10_000, 200_000]),
             faultTickUs: r.pick([5_000, 20_000]))
+        c.diskSlowdown = r.pick([[1, 1], [1, 1], [1, 1], [30, 1], [1, 30]])
+        return c
     }
 
     public var description: String {
@@ -82,7 +86,7 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
             + "dirs=\(directoryCount) spareInodes=\(spareInodesPerNode) window=\(predictionWindow) "
             + "clients=\(clientsPerNode)/node ops=\(operationCount) think<=\(thinkTimeMaxUs)us "
             + "latency=\(latencyMinUs)+\(latencyJitterUs)us disconnect=\(disconnectChance) partition=\(partitionChance)/\(partitionUs)us "
-            + "disk<=\(diskLatencyMaxUs)us crash=\(crashChance) powerLoss=\(powerLossFraction) restartDelay=\(restartDelayUs)us "
+            + "disk<=\(diskLatencyMaxUs)us slowdown=\(diskSlowdown) crash=\(crashChance) powerLoss=\(powerLossFraction) restartDelay=\(restartDelayUs)us "
             + "faultTick=\(faultTickUs)us"
     }
 }

@@ -69,10 +69,16 @@ enum ToolError: Error { case missing }
     /// A seed replays exactly, in a fresh process each time (hashing seeds differ per process).
     @Test(arguments: [7 as UInt64, 12345])
     func aSeedReplaysExactly(seed: UInt64) throws {
+        // Only the simulator's own lines: a trap's backtrace carries addresses that differ from run to run.
+        func simLines(_ run: ToolRun) -> [Substring] {
+            run.output.split(separator: "\n").filter { line in
+                line.first?.isNumber == true || ["config ", "core ", "ops=", "VIOLATION", "seed "].contains { line.hasPrefix($0) }
+            }
+        }
         let first = try ToolProcess(["--seed", "\(seed)", "--trace"]).wait()
         let second = try ToolProcess(["--seed", "\(seed)", "--trace"]).wait()
-        #expect(first.output.split(separator: "\n").count > 20, "the trace is suspiciously short:\n\(first.lastLines)")
-        #expect(first.output == second.output, "two replays of seed \(seed) differ")
+        #expect(simLines(first).count > 20, "the trace is suspiciously short:\n\(first.lastLines)")
+        #expect(simLines(first) == simLines(second), "two replays of seed \(seed) differ")
         #expect(first.status == second.status)
     }
 

@@ -118,7 +118,7 @@ final class CLIErrorTests: MountingTestCase {
     func testInitRefusesTrackSizesThatAreNotPowersOfTwoFrom4KTo1M() throws {
         for bad in ["3K", "2K", "2M", "96K", "0", "abc", "-64K"] {
             let p = path("store-\(bad)")
-            let r = Commands.twinfs(["init", p, "--track-size", bad])
+            let r = Commands.twinfs(["init", p, "--track-size=\(bad)"])
             XCTAssertCLIError(r)
             XCTAssertFalse(FileManager.default.fileExists(atPath: p), "refused init with --track-size \(bad) left \(p) behind")
         }

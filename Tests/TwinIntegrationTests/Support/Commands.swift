@@ -63,50 +63,77 @@ enum Commands {
     }()
 
     /// Runs `argv` to completion (or until `timeoutSeconds`, then SIGKILL of that child) with output captured
-    /// through temporary files.
+    /// through temporary files. posix_spawn and waitpid on the child's own pid, not Foundation.Process: Process
+    /// learns of an exit through a socket the child inherits, so a command that leaves a daemon behind (twinfs
+    /// mount without -f) would never be seen to exit. The child gets stdin from /dev/null and no other
+    /// descriptor of this process.
     @discardableResult
-    static func run(
-        _ argv: [String], stdin: String? = nil, cwd: String? = nil, home: String = "/tmp",
-        timeoutSeconds: Double = 300
-    ) -> CommandResult {
+    static func run(_ argv: [String], home: String = "/tmp", timeoutSeconds: Double = 300) -> CommandResult {
         precondition(!argv.isEmpty, "a command needs a program")
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("twinfs-cmd-\(UUID().uuidString)")
-        try! FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: scratch) }
-        let outURL = scratch.appendingPathComponent("out"), errURL = scratch.appendingPathComponent("err")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let out = try! FileHandle(forWritingTo: outURL), err = try! FileHandle(forWritingTo: errURL)
-        defer { try? out.close(); try? err.close() }
+        var template = Array("/tmp/twinfs-cmd-XXXXXX".utf8CString)
+        guard let dirPtr = mkdtemp(&template) else {
+            return CommandResult(command: argv, status: 127, killedBySignal: false, stdout: "", stderr: "mkdtemp failed\n")
+        }
+        let scratch = String(cString: dirPtr)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let outPath = scratch + "/out", errPath = scratch + "/err"
+        let outFD = open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let errFD = open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(outFD); close(errFD) }
 
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : "/usr/bin/env")
-        p.arguments = argv[0].hasPrefix("/") ? Array(argv.dropFirst()) : argv
-        p.environment = environment(home: home)
-        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        p.standardOutput = out
-        p.standardError = err
-        let input = Pipe()
-        p.standardInput = stdin == nil ? FileHandle(forReadingAtPath: "/dev/null") : input
-        let done = DispatchSemaphore(value: 0)
-        p.terminationHandler = { _ in done.signal() }
-        do { try p.run() } catch {
-            return CommandResult(command: argv, status: 127, killedBySignal: false, stdout: "", stderr: "cannot start: \(error)\n")
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outFD, 1)
+        posix_spawn_file_actions_adddup2(&actions, errFD, 2)
+        closeFrom(&actions, 3)
+
+        let program = argv[0].hasPrefix("/") ? argv : ["/usr/bin/env"] + argv
+        let cArgs = program.map { strdup($0) } + [nil]
+        let cEnv = environment(home: home).map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in cArgs + cEnv { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, program[0], &actions, nil, cArgs, cEnv)
+        guard rc == 0 else {
+            return CommandResult(command: argv, status: 127, killedBySignal: false, stdout: "",
+                                 stderr: "cannot start \(program[0]): \(String(cString: strerror(rc)))\n")
         }
-        if let stdin {
-            input.fileHandleForWriting.write(stdin.data(using: .utf8)!)
-            try? input.fileHandleForWriting.close()
+        let child = pid, box = ExitBox()
+        let exited = DispatchSemaphore(value: 0)
+        let waiter = Thread {
+            var st: Int32 = 0
+            while waitpid(child, &st, 0) < 0 && errno == EINTR {}
+            box.status = st
+            exited.signal()
         }
-        if done.wait(timeout: .now() + timeoutSeconds) == .timedOut {
-            kill(p.processIdentifier, SIGKILL)
-            done.wait()
+        waiter.start()
+        var timedOut = false
+        if exited.wait(timeout: .now() + timeoutSeconds) == .timedOut {
+            timedOut = true
+            kill(pid, SIGKILL)
+            exited.wait()
         }
-        let so = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
-        var se = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-        if p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGKILL { se += "\n[killed after \(timeoutSeconds) s]\n" }
-        return CommandResult(
-            command: argv, status: p.terminationStatus, killedBySignal: p.terminationReason == .uncaughtSignal,
-            stdout: so, stderr: se)
+        let status = box.status
+        let so = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+        var se = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        if timedOut { se += "\n[killed after \(timeoutSeconds) s]\n" }
+        let signaled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
+        return CommandResult(command: argv, status: signaled ? status & 0x7f : (status >> 8) & 0xff,
+                             killedBySignal: signaled, stdout: so, stderr: se)
+    }
+
+    /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), looked up at run time since Glibc's module
+    /// does not export it.
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private static let addCloseFrom: AddCloseFrom? = {
+        dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np").map {
+            unsafeBitCast($0, to: AddCloseFrom.self)
+        }
+    }()
+
+    private static func closeFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ fd: Int32) {
+        if let f = addCloseFrom { _ = f(actions, fd) }
     }
 
     /// `twinfs ARGS...`
@@ -117,7 +144,7 @@ enum Commands {
 
     /// Runs a bash script with `set -euo pipefail`; as `user` (uid, gid, no supplementary groups) if given.
     @discardableResult
-    static func sh(_ script: String, as user: (uid: uid_t, gid: gid_t)? = nil, cwd: String? = nil, home: String = "/tmp",
+    static func sh(_ script: String, as user: (uid: uid_t, gid: gid_t)? = nil, home: String = "/tmp",
                    timeoutSeconds: Double = 300) -> CommandResult {
         // The ERR trap names the command that failed, since `[ ... ]` checks fail silently otherwise.
         let prelude = "set -Eeuo pipefail\ntrap 'echo \"script failed at: $BASH_COMMAND (exit $?)\" >&2' ERR\n"
@@ -125,7 +152,7 @@ enum Commands {
         if let user {
             argv = ["/usr/bin/setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups", "--"] + argv
         }
-        return run(argv, cwd: cwd, home: home, timeoutSeconds: timeoutSeconds)
+        return run(argv, home: home, timeoutSeconds: timeoutSeconds)
     }
 
     /// Runs a python3 snippet (the system interpreter, readable by every uid) as `user`, for checks that need
@@ -138,6 +165,11 @@ enum Commands {
         }
         return run(argv)
     }
+}
+
+/// A child's wait status, handed from the waiting thread (the semaphore orders the accesses).
+private final class ExitBox: @unchecked Sendable {
+    var status: Int32 = 0
 }
 
 /// Asserts that a command succeeded, printing everything it said if not.

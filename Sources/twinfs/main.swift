@@ -30,5 +30,11 @@ do {
 } catch let error as UsageError {
     fail(error.message)
 } catch {
-    Twinfs.exit(withError: error)
+    // --help and --version are "errors" with exit code 0: print them whole.
+    if Twinfs.exitCode(for: error) == .success {
+        Twinfs.exit(withError: error)
+    }
+    let message = Twinfs.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+    let trimmed = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
+    fail("\(trimmed) (see `twinfs --help`)")
 }

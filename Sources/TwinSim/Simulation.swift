@@ -28,6 +28,9 @@ public struct SimOptions: Sendable {
     public var diskLatencyUs: [SimTimeUs?] = [nil, nil]
     /// Fixed delay between a grant and the operation applying its writes.
     public var applyDelayUs: SimTimeUs?
+    /// Give both nodes the seed's ordinary disk (no 30x slower node): the workload report uses it so that latency
+    /// figures compare policies, not disks.
+    public var uniformDisks = false
     /// Overrides the seed's writeback delay (how old an unsynced write must be to survive a power loss).
     public var writebackUs: SimTimeUs?
     public init() {}
@@ -114,6 +117,8 @@ public final class Simulation {
     public private(set) var rolledBackOps: [Int] = []
 
     public init(config: SwarmConfig, options: SimOptions = SimOptions()) {
+        var config = config
+        if options.uniformDisks { config.diskSlowdown = [1, 1] }
         self.config = config
         self.options = options
         var setup = CoreSetup.derive(config, rules: options.rules)

@@ -241,12 +241,14 @@ struct TwinfsSim: ParsableCommand {
         let range = seeds?.range ?? 0...99
         let kinds = workload.map { [$0] } ?? [.sequential, .random, .createHeavy, .contending]
         print("workload report over seeds \(range.lowerBound)..\(range.upperBound)\(noFaults ? " (no faults)" : "")\(window.map { ", window \($0)" } ?? "")")
+        var o = options()
+        o.uniformDisks = true
         for kind in kinds {
             var total = SimMetrics()
             var bad = 0
             for s in range {
                 announce(s)
-                let r = Simulation.run(seed: s, workload: kind, options: options())
+                let r = Simulation.run(seed: s, workload: kind, options: o)
                 total.merge(r.metrics)
                 if !r.passed { bad += 1 }
             }

@@ -611,8 +611,8 @@ public final class Volume: @unchecked Sendable {
             guard offset < size else { throw FSError.system(ENXIO) }
             let result = lseek(f.fd, off_t(offset), whence == .data ? twin_SEEK_DATA : twin_SEEK_HOLE)
             if result < 0 {
-                // Past the data file's end but inside the logical size: all hole.
-                if errno == ENXIO { return whence == .hole ? offset : size }
+                // No data at or after `offset` (holes up to the end): SEEK_DATA fails, SEEK_HOLE is right here.
+                if errno == ENXIO && whence == .hole { return offset }
                 throw FSError.fromErrno()
             }
             return min(UInt64(result), size)

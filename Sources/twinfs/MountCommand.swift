@@ -86,7 +86,7 @@ struct MountCommand: ParsableCommand {
             }
             Glibc.exit(code)
         }
-        try daemonize { notifyReady in
+        try daemonize(logPath: storePath + "/twinfs.log") { notifyReady in
             try serve(storePath: storePath, mnt: mnt, parsed: parsed, onReady: notifyReady)
         }
     }
@@ -105,7 +105,9 @@ struct MountCommand: ParsableCommand {
             throw UsageError(message: error.description)
         }
         onReady()
-        let rc = session.run()
+        // libfuse reports the signal that ended the loop; SIGTERM/SIGINT/SIGHUP are a clean stop.
+        let loopResult = session.run()
+        let rc = [SIGTERM, SIGINT, SIGHUP].contains(loopResult) ? 0 : loopResult
         do {
             try store.close()
         } catch {
@@ -132,7 +134,7 @@ func checkMountpoint(_ path: String, allowNonempty: Bool) throws {
 
 /// Forks before any thread, store or session exists. The child runs `body` in a new session with its output
 /// in the daemon log; the parent waits on a pipe for "ready" (exit 0) or an error line (printed, exit 1).
-func daemonize(_ body: (_ notifyReady: () -> Void) throws -> Int32) throws -> Never {
+func daemonize(logPath: String, _ body: (_ notifyReady: () -> Void) throws -> Int32) throws -> Never {
     var fds: [Int32] = [0, 0]
     guard pipe(&fds) == 0 else { throw UsageError(message: "cannot create a pipe: \(String(cString: strerror(errno)))") }
     let pid = fork()
@@ -170,10 +172,16 @@ func daemonize(_ body: (_ notifyReady: () -> Void) throws -> Int32) throws -> Ne
     do {
         let code = try body {
             // Detach from the terminal only once everything that could fail at start-up has been reported.
+            // Whoever ran `twinfs mount` may wait for EOF on our stdout/stderr: keep none of its descriptors.
             let null = open("/dev/null", O_RDWR)
             dup2(null, 0)
             dup2(null, 1)
             close(null)
+            let log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+            if log >= 0 {
+                dup2(log, 2)
+                close(log)
+            }
             chdir("/")
             report("ready\n")
         }

@@ -63,7 +63,7 @@ final class DaemonLifecycleTests: MountingTestCase {
         let r = Commands.twinfs(["mount", store, mnt], timeoutSeconds: 60)
         defer {
             if MountTable.isMounted(mnt) { Commands.run(["/usr/bin/fusermount3", "-u", mnt]) }
-            waitForDaemonOf(store: store)
+            waitForDaemon(store: store, mountpoint: mnt)
         }
         XCTAssertSucceeds(r, "twinfs mount (daemonizing)")
         XCTAssertTrue(MountTable.isMounted(mnt), "mounted when `twinfs mount` returned")
@@ -71,21 +71,38 @@ final class DaemonLifecycleTests: MountingTestCase {
         XCTAssertEqual(try Sys.readAll(mnt + "/hello"), Array("hello\n".utf8))
         XCTAssertSucceeds(Commands.run(["/usr/bin/fusermount3", "-u", mnt]))
         XCTAssertFalse(MountTable.isMounted(mnt))
-        waitForDaemonOf(store: store)
+        waitForDaemon(store: store, mountpoint: mnt)
         let again = try mount(store, at: "mnt2")
         XCTAssertEqual(try Sys.readAll(again.mountpoint + "/hello"), Array("hello\n".utf8))
     }
 
-    /// The daemonized process is not our child: find it by the unique store path in its command line (only
-    /// this test's own daemon can have it) and wait, bounded, until it has exited and released the store.
-    private func waitForDaemonOf(store: String) {
+    /// Scripts capture output (`out=$(twinfs mount S M 2>&1)`, Python's subprocess.run(capture_output=True)):
+    /// they wait for EOF on the pipes, so the daemon must not keep the caller's stdout or stderr open.
+    func testDaemonizingMountReturnsWhenItsOutputIsCaptured() throws {
+        let store = try initStore()
+        let mnt = makeDir("mnt")
+        defer {
+            if MountTable.isMounted(mnt) { Commands.run(["/usr/bin/fusermount3", "-u", mnt]) }
+            waitForDaemon(store: store, mountpoint: mnt)
+        }
+        let r = Commands.sh("""
+        out=$(timeout 10 \(quote(Commands.twinfsBinary)) mount \(quote(store)) \(quote(mnt)) 2>&1) || { echo "rc=$? out=$out" >&2; exit 1; }
+        printf 'captured: %s\\n' "$out"
+        """, timeoutSeconds: 20)
+        XCTAssertSucceeds(r, "`$(twinfs mount ... 2>&1)` returns once mounted (timeout 10 s otherwise)")
+        XCTAssertTrue(MountTable.isMounted(mnt))
+    }
+
+    /// The daemonized process is not our child: find it by the unique store and mountpoint paths in its command
+    /// line (only this test's own daemon can have them) and wait, bounded, until it has exited.
+    private func waitForDaemon(store: String, mountpoint: String) {
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             let alive = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).contains { pid in
                 guard Int(pid) != nil,
                       let cmd = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
                 let args = cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-                return args.contains(store) && args.contains("mount")
+                return args.contains(store) && args.contains(mountpoint) && args.contains("mount")
             }
             if !alive { return }
             usleep(20_000)

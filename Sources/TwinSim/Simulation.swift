@@ -254,7 +254,8 @@ public final class Simulation {
         metrics.absorb(core.status.counters)
         log("\(nodeName(node)) CRASH (\(kind.rawValue))")
         if network.isConnected { disconnect(partitionUntilUs: nil, reason: "\(nodeName(node)) crashed") }
-        _ = nodes[node].store.crash(kind, nowUs: queue.nowUs, random: &diskRandom)
+        let map = self.map
+        _ = nodes[node].store.crash(kind, nowUs: queue.nowUs, random: &diskRandom, ids: { map.id($0) })
         if kind == .powerLoss {
             // Completed writes whose value now exists on neither node were never synced anywhere: the contract lets a
             // power loss lose them (it would not let a kill lose them, and a kill never does here).
@@ -375,7 +376,8 @@ public final class Simulation {
                 step(node, .storeWriteDone(CompletionToken(token), stored: stored))
             case .persist(let token):
                 log("\(nodeName(node)) persist #\(token) durable")
-                nodes[node].store.completePersist(upTo: token)
+                let map = self.map
+                nodes[node].store.completePersist(upTo: token, ids: { map.id($0) })
                 step(node, .persistDone(CompletionToken(token)))
             }
         case .tick(let node, let incarnation, let periodic):
@@ -461,6 +463,7 @@ public final class Simulation {
                     scheduleIo(node, .write(token.raw, stored: version))
                 }
             case .persist(let token, let batch):
+                for l in batch.hardenFirst { nodes[node].store.harden(location: locationID(l)) }
                 nodes[node].store.issuePersist(token: token.raw, batch)
                 log("\(nodeName(node)) persists #\(token.raw) \(batch.entries.map { "\($0.location)=\($0.state)" })\(batch.clockReservation.map { " clock<=\($0)" } ?? "")")
                 scheduleIo(node, .persist(token.raw))

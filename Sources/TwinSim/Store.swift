@@ -45,9 +45,10 @@ public struct PersistedImage: Equatable, Sendable {
         for e in batch.entries { states[e.location] = e.state == PersistedState.none ? nil : e.state }
         if let r = batch.clockReservation { clockReservation = r }
     }
-    /// Locations whose durable state includes MOOS.
+    /// Locations where a restart from this image starts with MOOS: `moos` and `contested`, and also `held`, which
+    /// recovery turns into MOOS (the store may have lost unsynced writes the peer holds, so it pulls first).
     public var moos: Set<Location> {
-        Set(states.compactMap { $0.value == .moos || $0.value == .contested ? $0.key : nil })
+        Set(states.compactMap { $0.value != .none ? $0.key : nil })
     }
 }
 
@@ -68,8 +69,11 @@ public struct SimStore: Sendable {
     /// Data writes not yet certain to survive a power loss, in issue order, by token (client writes get private tokens).
     private var unhardened: [(token: UInt64, write: DataWrite)] = []
     public private(set) var persisted = PersistedImage()
-    /// Persist batches issued but not yet reported durable, in token order.
-    private var persistInFlight: [(token: UInt64, batch: PersistBatch)] = []
+    /// Persist batches issued but not yet reported durable, in token order, with the issue sequence number.
+    private var persistInFlight: [(token: UInt64, batch: PersistBatch, sequence: UInt64)] = []
+    /// Issue order across data writes and persists (a batch's `hardenFirst` covers data written before it).
+    private var nextSequence: UInt64 = 0
+    private var writeSequence: [UInt64: UInt64] = [:]
     /// The operating system writes dirty pages back after this long even without a sync.
     public let writebackUs: SimTimeUs
 
@@ -88,7 +92,7 @@ public struct SimStore: Sendable {
     /// Image a restart would find if the process were killed now (the kernel keeps what was written).
     public var persistedAfterKill: PersistedImage {
         var image = persisted
-        for (_, b) in persistInFlight { image.apply(b) }
+        for (_, b, _) in persistInFlight { image.apply(b) }
         return image
     }
 
@@ -100,6 +104,8 @@ public struct SimStore: Sendable {
     public mutating func issueWrite(token: UInt64, location: Int, _ data: LocationData, sync: Bool, nowUs: SimTimeUs,
                                     clientOp: Int? = nil) {
         visible[location] = data
+        writeSequence[token] = nextSequence
+        nextSequence += 1
         unhardened.append((token, DataWrite(location: location, data: data, issuedUs: nowUs, sync: sync,
                                             completed: clientOp != nil, clientOp: clientOp)))
     }
@@ -109,22 +115,46 @@ public struct SimStore: Sendable {
         guard let i = unhardened.firstIndex(where: { $0.token == token }) else { return }
         unhardened[i].write.completed = true
         if unhardened[i].write.sync {
-            let loc = unhardened[i].write.location
-            durable[loc] = unhardened[i].write.data
-            var keep: [(token: UInt64, write: DataWrite)] = []
-            for (n, entry) in unhardened.enumerated() where !(n <= i && entry.write.location == loc) { keep.append(entry) }
-            unhardened = keep
+            harden(location: unhardened[i].write.location, through: writeSequence[token] ?? 0)
         }
     }
 
+    /// fsync of one location: every write to it issued up to `sequence` becomes durable.
+    private mutating func harden(location: Int, through sequence: UInt64) {
+        var keep: [(token: UInt64, write: DataWrite)] = []
+        for entry in unhardened {
+            if entry.write.location == location && (writeSequence[entry.token] ?? 0) <= sequence {
+                durable[location] = entry.write.data
+                writeSequence[entry.token] = nil
+            } else {
+                keep.append(entry)
+            }
+        }
+        unhardened = keep
+    }
+
+    /// A batch becomes durable only after the data of its `hardenFirst` locations written before it (the shell
+    /// syncs them first): dropping the superset bit must never outlive a local copy that a power loss can undo.
+    private mutating func applyDurably(_ batch: PersistBatch, sequence: UInt64, ids: (Location) -> Int?) {
+        for l in batch.hardenFirst { if let id = ids(l) { harden(location: id, through: sequence) } }
+        persisted.apply(batch)
+    }
+
+    public mutating func harden(location: Int) {
+        var keep: [(token: UInt64, write: DataWrite)] = []
+        for (t, w) in unhardened { if w.location == location { durable[location] = w.data } else { keep.append((t, w)) } }
+        unhardened = keep
+    }
+
     public mutating func issuePersist(token: UInt64, _ batch: PersistBatch) {
-        persistInFlight.append((token, batch))
+        persistInFlight.append((token, batch, nextSequence))
+        nextSequence += 1
     }
 
     /// Every persist with a token up to and including `token` is durable (the core's contract for `persistDone`).
-    public mutating func completePersist(upTo token: UInt64) {
+    public mutating func completePersist(upTo token: UInt64, ids: (Location) -> Int?) {
         while let first = persistInFlight.first, first.token <= token {
-            persisted.apply(first.batch)
+            applyDurably(first.batch, sequence: first.sequence, ids: ids)
             persistInFlight.removeFirst()
         }
     }
@@ -138,15 +168,16 @@ public struct SimStore: Sendable {
     }
 
     /// Applies a crash. Returns the client operations whose completed writes vanished (allowed: they were not synced).
-    public mutating func crash(_ kind: CrashKind, nowUs: SimTimeUs, random: inout SimRandom) -> Set<Int> {
+    public mutating func crash(_ kind: CrashKind, nowUs: SimTimeUs, random: inout SimRandom,
+                               ids: (Location) -> Int? = { _ in nil }) -> Set<Int> {
         var rolledBack: Set<Int> = []
         switch kind {
         case .processKill:
-            for (_, b) in persistInFlight { persisted.apply(b) }
+            for (_, b, _) in persistInFlight { persisted.apply(b) }
             for (_, w) in unhardened { durable[w.location] = w.data }
         case .powerLoss:
             let keepPersists = persistInFlight.isEmpty ? 0 : random.int(0...persistInFlight.count)
-            for (_, b) in persistInFlight[..<keepPersists] { persisted.apply(b) }
+            for (_, b, sequence) in persistInFlight[..<keepPersists] { applyDurably(b, sequence: sequence, ids: ids) }
             // Per location, writes survive in order up to a random cut; written-back ones always survive.
             var cutReached: Set<Int> = []
             for (_, w) in unhardened {
@@ -160,6 +191,7 @@ public struct SimStore: Sendable {
             }
         }
         unhardened.removeAll()
+        writeSequence.removeAll()
         persistInFlight.removeAll()
         visible = durable
         return rolledBack

@@ -101,7 +101,7 @@ import Testing
             s.issueWrite(token: 1, location: 2, data(1, 11), sync: true, nowUs: 0)
             s.completeWrite(token: 1)
             s.issuePersist(token: 2, PersistBatch(entries: [PersistEntry(.track(2, 0), .moos)], clockReservation: nil))
-            s.completePersist(upTo: 2)
+            s.completePersist(upTo: 2, ids: { _ in nil })
             s.issueWrite(token: 3, location: 3, data(2, 22), sync: false, nowUs: 1, clientOp: 5)
             s.issuePersist(token: 4, PersistBatch(entries: [PersistEntry(.track(2, 1), .held)], clockReservation: nil))
             let rolledBack = s.crash(.powerLoss, nowUs: 10, random: &r)
@@ -122,6 +122,19 @@ import Testing
         s.issueWrite(token: 1, location: 2, data(1, 11), sync: false, nowUs: 0)
         _ = s.crash(.powerLoss, nowUs: 100, random: &r)
         #expect(s.visible[2] == data(1, 11))
+    }
+
+    @Test func aBatchThatDropsTheSupersetFirstHardensTheLocationsData() {
+        for seed in 0..<16 as Range<UInt64> {
+            var s = SimStore(layout: layout, writebackUs: 1_000_000)
+            var r = SimRandom(seed: seed)
+            s.issueWrite(token: 1, location: 2, data(1, 11), sync: false, nowUs: 0, clientOp: 1)
+            s.issuePersist(token: 2, PersistBatch(entries: [PersistEntry(.track(2, 0), .none)], clockReservation: nil,
+                                                  hardenFirst: [.track(2, 0)]))
+            s.completePersist(upTo: 2, ids: { $0 == .track(2, 0) ? 2 : nil })
+            _ = s.crash(.powerLoss, nowUs: 10, random: &r)
+            #expect(s.visible[2] == data(1, 11), "seed \(seed): the batch is durable, so the data it covers must be")
+        }
     }
 
     @Test func payloadRoundTripsThroughBytes() {

@@ -77,7 +77,7 @@ func check(_ scenario: Scenario, failsWithout rule: WritableKeyPath<ProtocolRule
             run 2ms
             expect A oos ino2/t0
             B read ino2/t0 as r            # B must get w3 from A
-            run 5ms
+            run
             expect r = w3
             """), failsWithout: \.ignoreStaleAcks)
     }

@@ -95,6 +95,7 @@ public final class Store {
         CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name)) WITHOUT ROWID;
         CREATE TABLE tracks(ino INTEGER NOT NULL, idx INTEGER NOT NULL, version INTEGER NOT NULL, PRIMARY KEY(ino, idx)) WITHOUT ROWID;
         CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE tombstones(ino INTEGER PRIMARY KEY, version INTEGER NOT NULL);
         """
 
     static func configure(_ db: SQLiteDatabase) throws {
@@ -231,6 +232,12 @@ public final class Store {
         return UInt64(identity.nodeIndex) << 48 | nextInodeSequence
     }
 
+    /// Lamport rule: a version received from the peer moves this store's clock past it, so the next local write
+    /// is newer than everything this store has seen.
+    public func noteSeenVersion(_ version: UInt64) {
+        lamport = max(lamport, version >> 16)
+    }
+
     /// A fresh version, greater than every version this store has issued or seen.
     public func nextVersion() throws -> UInt64 {
         if lamport >= reservedLamport {
@@ -280,8 +287,11 @@ public final class Store {
         ).run()
     }
 
-    /// Deletes an inode with everything it owns: record, xattrs, track versions, data file.
-    public func deleteInode(_ ino: UInt64) throws {
+    /// Deletes an inode with everything it owns: record, xattrs, track versions, data file. A tombstone keeps the
+    /// deletion's version, so an older copy of the inode arriving later cannot bring it back (DESIGN hazard 4).
+    public func deleteInode(_ ino: UInt64, version: UInt64? = nil) throws {
+        let tombstone = try version ?? nextVersion()
+        try database.statement("INSERT OR REPLACE INTO tombstones(ino, version) VALUES (?, ?)").bind(.u64(ino), .u64(tombstone)).run()
         try database.statement("DELETE FROM inodes WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM xattrs WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM tracks WHERE ino = ?").bind(.u64(ino)).run()

@@ -118,8 +118,11 @@ public struct PersistBatch: Hashable, Sendable {
     public var entries: [PersistEntry]
     /// If set, persist this Lamport clock reservation (the restart floor for this node's counter).
     public var clockReservation: UInt64?
-    public init(entries: [PersistEntry], clockReservation: UInt64?) {
-        self.entries = entries; self.clockReservation = clockReservation
+    /// Locations whose data must be durable against power loss before this batch is: entries that drop the superset
+    /// bit (to `none` or `moos`) stop protecting a local copy that the store may not have synced yet.
+    public var hardenFirst: [Location]
+    public init(entries: [PersistEntry], clockReservation: UInt64?, hardenFirst: [Location] = []) {
+        self.entries = entries; self.clockReservation = clockReservation; self.hardenFirst = hardenFirst
     }
 }
 

@@ -86,7 +86,12 @@ public struct Pull: Hashable, Sendable {
     public var locations: [Location]
     /// Echoed in the answers: an answer clears MOOS only if it answers the puller's latest pull for the location.
     public var id: UInt64
-    public init(locations: [Location], id: UInt64 = 0) { self.locations = locations; self.id = id }
+    /// Answer with data even if the answerer holds no OOS: the puller's own copy may be behind the answerer's (it
+    /// restarted and its store may have lost unsynced writes, or it handed the token over with data pending).
+    public var forceData: Bool
+    public init(locations: [Location], id: UInt64 = 0, forceData: Bool = false) {
+        self.locations = locations; self.id = id; self.forceData = forceData
+    }
 }
 
 public enum PullContent: Hashable, Sendable {

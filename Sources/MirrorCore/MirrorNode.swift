@@ -124,7 +124,7 @@ public final class MirrorNode {
         var reading = 0
         var pushing = false
     }
-    enum Deferred { case pull(id: UInt64), mark(id: UInt64, item: MarkItem) }
+    enum Deferred { case pull(id: UInt64, forceData: Bool), mark(id: UInt64, item: MarkItem) }
     struct PendingReply {
         var id: UInt64
         var granted: [MarkGrant] = []
@@ -172,6 +172,9 @@ public final class MirrorNode {
         // A pending flush makes the background copy run now, whatever its delay.
         if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks
                          || !flushNeeds.isEmpty) { pumpPushes() }
+        if connected && config.pushDelayTicks > 0 && !pushQueue.isEmpty {
+            scheduleWake(lastPumpTick &+ config.pushDelayTicks)
+        }
         flushPersist()
     }
 
@@ -213,10 +216,17 @@ public final class MirrorNode {
         let t = newToken()
         var entries: [PersistEntry] = []
         entries.reserveCapacity(dirty.count)
-        for l in dirty { entries.append(PersistEntry(l, persisted(l))) }
+        var harden: [Location] = []
+        for l in dirty {
+            let v = persisted(l)
+            entries.append(PersistEntry(l, v))
+            if v == .none || v == .moos { harden.append(l) }
+        }
         dirty.removeAll(keepingCapacity: true)
         if let r = wantReservation { reservationInFlight = (r, t); wantReservation = nil }
-        out.append(.persist(CompletionToken(t), PersistBatch(entries: entries, clockReservation: reservationInFlight?.token == t ? reservationInFlight!.value : nil)))
+        out.append(.persist(CompletionToken(t), PersistBatch(
+            entries: entries, clockReservation: reservationInFlight?.token == t ? reservationInFlight!.value : nil,
+            hardenFirst: harden)))
         lastPersistToken = t
         return t
     }
@@ -311,7 +321,11 @@ public final class MirrorNode {
         while op.index < op.items.count {
             let it = op.items[op.index]
             let l = it.location
-            if let owner = takeover.at(l), owner != id { revokeTakeover(l) }
+            // Someone else's takeover not yet reached by its owner goes back to MOOS; once the owner holds the
+            // lock (it may be writing) we simply wait for the lock like any other operation.
+            if let owner = takeover.at(l), owner != id, locks.at(l)?.holders.contains(owner) != true {
+                revokeTakeover(l)
+            }
             if !op.holdsCurrent {
                 guard canLock(l, it.access) else {
                     locks[l, default: Lock()].waiters.append(id)
@@ -445,11 +459,13 @@ public final class MirrorNode {
     /// Peer requests that waited for a location come first (so two nodes alternate instead of one starving), then
     /// local operations queued on the lock.
     func afterUnlock(_ l: Location) {
+        // The background copy skips locked locations; this is where it gets them back.
+        if bits.oos(l) { enqueuePush(l) }
         if let ds = deferred.at(l), !blocked(l) {
             deferred[l] = nil
             for d in ds {
                 switch d {
-                case .pull(let id): answerPull(l, pullID: id)
+                case .pull(let id, let force): answerPull(l, pullID: id, forceData: force)
                 case .mark(let id, let item):
                     var reply = PendingReply(id: id, epoch: epoch)
                     grantOrRefuse(item, &reply)
@@ -562,12 +578,18 @@ public final class MirrorNode {
         if connected { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
     }
 
+    /// Locations where we hold OOS ourselves (contested: after a restart, or a token handed over unsynced) ask for
+    /// the peer's data unconditionally; the newer version wins on both sides.
     func sendPull(_ locs: [Location]) {
-        let id = nextPullID
-        nextPullID += 1
-        for l in locs { pulls[l] = id }
-        counters.pullsSent += 1
-        if connected { out.append(.send(.pull(Pull(locations: locs, id: id)))) }
+        var plain: [Location] = [], forced: [Location] = []
+        for l in locs { if bits.oos(l) { forced.append(l) } else { plain.append(l) } }
+        for (group, force) in [(plain, false), (forced, true)] where !group.isEmpty {
+            let id = nextPullID
+            nextPullID += 1
+            for l in group { pulls[l] = id }
+            counters.pullsSent += 1
+            if connected { out.append(.send(.pull(Pull(locations: group, id: id, forceData: force)))) }
+        }
     }
 
     // MARK: messages
@@ -582,7 +604,11 @@ public final class MirrorNode {
         case .markReply(let r): receiveMarkReply(r)
         case .pull(let p):
             for l in p.locations {
-                if blocked(l) { deferred[l, default: []].append(.pull(id: p.id)) } else { answerPull(l, pullID: p.id) }
+                if blocked(l) {
+                    deferred[l, default: []].append(.pull(id: p.id, forceData: p.forceData))
+                } else {
+                    answerPull(l, pullID: p.id, forceData: p.forceData)
+                }
             }
         case .pullAnswer(let a): receiveAnswer(a)
         case .ack(let r): receiveAck(r)
@@ -592,7 +618,7 @@ public final class MirrorNode {
             writes[t] = PendingWrite(location: p.location, version: p.version, kind: .push(durable: p.durable))
             receiving[p.location, default: 0] += 1
             out.append(.storeWrite(CompletionToken(t), p.location, p.payload, p.version,
-                                   onlyIfNewer: rules.ignoreStalePushes, sync: p.durable))
+                                   onlyIfNewer: rules.ignoreStalePushes, sync: true))
         case .release(let r):
             counters.releasesReceived += r.locations.count
             for l in r.locations where bits.token(l) == .moos {
@@ -678,6 +704,7 @@ public final class MirrorNode {
         for g in r.granted {
             if let n = grantsUnsent.at(g.location) { grantsUnsent[g.location] = n <= 1 ? nil : n - 1 }
             cancelPull(g.location)
+            if bits.oos(g.location) { enqueuePush(g.location) }  // the copy skipped it while the grant was unsent
         }
         if connected && r.epoch == epoch {
             if !r.refused.isEmpty { counters.marksRefused += r.refused.count }
@@ -704,7 +731,7 @@ public final class MirrorNode {
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .push(durable: false))
                 receiving[g.location, default: 0] += 1
                 out.append(.storeWrite(CompletionToken(t), g.location, data, v,
-                                       onlyIfNewer: rules.ignoreStalePushes, sync: false))
+                                       onlyIfNewer: rules.ignoreStalePushes, sync: true))
             }
         }
         guard var om = outMarks[r.id] else { return }
@@ -719,7 +746,7 @@ public final class MirrorNode {
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .markData(markID: r.id))
                 receiving[g.location, default: 0] += 1
                 out.append(.storeWrite(CompletionToken(t), g.location, data, v,
-                                       onlyIfNewer: rules.ignoreStalePushes, sync: false))
+                                       onlyIfNewer: rules.ignoreStalePushes, sync: true))
             } else {
                 takeToken(g.location, markID: r.id, om: &om)
                 woken.append(g.location)
@@ -758,7 +785,7 @@ public final class MirrorNode {
     }
 
     /// `pullID` 0: a prefetched answer nobody asked for.
-    func answerPull(_ l: Location, pullID: UInt64) {
+    func answerPull(_ l: Location, pullID: UInt64, forceData: Bool = false) {
         let prefetched = pullID == 0
         let before = persisted(l)
         // A grant still landing is a token we hold: answering hands it back like MOS (hazard 2).
@@ -769,7 +796,7 @@ public final class MirrorNode {
             else if bits.token(l) == .mos { bits.setToken(l, .none) }
         }
         touch(l, before)
-        if bits.oos(l) {
+        if bits.oos(l) || forceData {
             let t = newToken()
             reads[t] = .answer(l, pullID: pullID, epoch: epoch)
             answering[l, default: 0] += 1
@@ -816,6 +843,7 @@ public final class MirrorNode {
                 bits.setToken(l, .none)
                 touch(l, before)
             }
+            if bits.oos(l) { enqueuePush(l) }
             wake(l)
         case .data(let p, let v):
             observe(clock: v.counter)
@@ -824,7 +852,7 @@ public final class MirrorNode {
             let clears = (a.pullID != 0 && pulls[l] == a.pullID) || a.prefetched
             writes[t] = PendingWrite(location: l, version: v, kind: .answer(clearsMOOS: clears))
             receiving[l, default: 0] += 1
-            out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: false))
+            out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: true))
         }
     }
 
@@ -928,11 +956,11 @@ public final class MirrorNode {
                 bits.setToken(l, .none)
                 touch(l, before)
             }
-            sendAck(l, w.version, durable: false)
-        case .push(let durable):
-            sendAck(l, w.version, durable: durable)
+            sendAck(l, w.version, durable: true)
+        case .push:
+            sendAck(l, w.version, durable: true)
         case .markData(let id):
-            sendAck(l, w.version, durable: false)
+            sendAck(l, w.version, durable: true)
             if landing[l] == id, var om = outMarks[id] {
                 landing[l] = nil
                 markOf[l] = id
@@ -948,6 +976,8 @@ public final class MirrorNode {
         wake(l)
     }
 
+    /// Received data are always written with `sync: true` before this: an ack lets the sender clear OOS and forget,
+    /// so what it acknowledges must survive a power loss here.
     func sendAck(_ l: Location, _ v: Version, durable: Bool) {
         if connected { out.append(.send(.ack(Receipt(location: l, version: v, durable: durable)))) }
     }
@@ -979,6 +1009,8 @@ public final class MirrorNode {
         lastPumpTick = now
         var budget = 64
         var cands: [Location] = []
+        var resync: [Location] = []
+        defer { if !resync.isEmpty { sendPull(resync) } }
         while pushesInFlight < config.maxInFlightPushes, budget > 0, let ino = pushQueue.first {
             budget -= 1
             cands.removeAll(keepingCapacity: true)
@@ -989,6 +1021,13 @@ public final class MirrorNode {
                 bits.setPushCursor(ino, l.slot + 1)
                 // Skipped locations come back through enqueuePush when what blocked them completes.
                 guard inFlight.at(l) == nil, receiving.at(l) == nil, !blocked(l) else { continue }
+                if bits.token(l) == .moos {
+                    // Contested (after a restart, or a token handed over unsynced): our copy may be behind the
+                    // peer's, so compare instead of pushing: a forced pull brings the peer's copy, the newer version
+                    // wins, and if ours was newer it is pushed afterwards (hazard 3, G5).
+                    if pulls.at(l) == nil && grantsUnsent.at(l) == nil && answering.at(l) == nil { resync.append(l) }
+                    continue
+                }
                 let t = newToken()
                 reads[t] = .push(l, epoch: epoch)
                 var e = Sent()
@@ -1121,6 +1160,8 @@ public final class MirrorNode {
             case .none: break
             case .moos: bits.setToken(e.location, .moos)
             case .held:
+                // The store may have lost unsynced writes (power loss) that the peer holds: pull before serving.
+                bits.setToken(e.location, .moos)
                 if rules.answerInSyncOnlyIfKnown { setOOS(e.location, true); restoredSuperset = true }
             case .contested:
                 bits.setToken(e.location, .moos)

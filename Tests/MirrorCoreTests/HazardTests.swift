@@ -100,8 +100,8 @@ final class HazardTests: XCTestCase {
         let p = Pair(a: Pair.config(.a, pushDelayTicks: slow))
         let v = p.write(.a, [L])
         p.crash(.a)
-        XCTAssertTrue(p.state(.a, L).outOfSync, "OOS := persisted superset")
-        XCTAssertEqual(p.state(.a, L).token, .none, "MOS is never trusted after a crash")
+        XCTAssertEqual(p.state(.a, L), LocationState(token: .moos, outOfSync: true),
+                       "OOS := persisted superset; MOS is never trusted after a crash, and the copy is verified first")
         p.connect()
         XCTAssertEqual(p.read(.b, L), v)
         XCTAssertEqual(p.count(.a, "send answer-data"), 1)
@@ -119,27 +119,42 @@ final class HazardTests: XCTestCase {
 
     // MARK: 4. Stale pushes
 
-    /// A full overwrite by B takes the token without A's unsynced data; A's old push arrives afterwards.
+    /// A restarted node compares its recovered superset with the peer: the peer's older copy arrives and must not
+    /// overwrite the newer write this node had acknowledged before the crash.
     func staleArrivalScript(_ r: ProtocolRules) -> (Pair, UInt64) {
-        let p = Pair(a: Pair.config(.a, pushDelayTicks: slow), b: Pair.config(.b, rules: r, pushDelayTicks: slow))
-        p.write(.a, [L])
-        let v3 = p.write(.b, [L], .writeFull)
+        let p = Pair(a: Pair.config(.a, rules: r, pushDelayTicks: slow))
+        let v1 = p.write(.a, [L])
+        p.crash(.a)
+        p.connect()
         p.tick(slow)
-        return (p, v3)
+        return (p, v1)
     }
 
-    func testAnOlderPushNeverOverwritesANewerWrite() {
-        let (p, v3) = staleArrivalScript(.safe)
-        XCTAssertGreaterThan(p.core(.a).status.counters.pushesSent, 0, "A's old version did travel")
-        XCTAssertEqual(p.read(.b, L), v3)
-        XCTAssertEqual(p.read(.a, L), v3)
-        XCTAssertEqual(p.core(.a).status.oosCount, 0, "A's obsolete copy is acknowledged, nothing left to push")
+    func testAnOlderCopyNeverOverwritesANewerWrite() {
+        let (p, v1) = staleArrivalScript(.safe)
+        XCTAssertGreaterThan(p.core(.b).status.counters.pullAnswersData, 0, "B's older copy did travel to A")
+        XCTAssertEqual(p.read(.a, L), v1)
+        XCTAssertEqual(p.read(.b, L), v1)
+        XCTAssertEqual(p.core(.a).status.oosCount, 0)
         XCTAssertEqual(p.violations, [])
     }
 
-    func testApplyingStalePushesLosesTheNewerWrite() {
-        let (p, v3) = staleArrivalScript(rules { $0.ignoreStalePushes = false })
-        XCTAssertNotEqual(p.read(.b, L), v3)
+    func testApplyingStaleCopiesLosesTheNewerWrite() {
+        let (p, v1) = staleArrivalScript(rules { $0.ignoreStalePushes = false })
+        XCTAssertNotEqual(p.read(.a, L), v1)
+    }
+
+    /// After a takeover, the old token holder's unsynced copy is older than the new writer's: it is resolved by the
+    /// background comparison without ever replacing the newer write.
+    func testATakeoverLeftoverIsResolvedInFavourOfTheNewerWrite() {
+        let p = Pair(a: Pair.config(.a, pushDelayTicks: slow), b: Pair.config(.b, pushDelayTicks: slow))
+        p.write(.a, [L])
+        let v3 = p.write(.b, [L], .writeFull)
+        p.tick(slow)
+        XCTAssertEqual(p.read(.b, L), v3)
+        XCTAssertEqual(p.read(.a, L), v3)
+        XCTAssertEqual(p.core(.a).status.oosCount + p.core(.b).status.oosCount, 0)
+        XCTAssertEqual(p.violations, [])
     }
 
     // MARK: 5. Multi-location operations

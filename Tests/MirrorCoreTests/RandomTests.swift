@@ -21,13 +21,13 @@ struct SplitMix {
 }
 
 final class RandomTests: XCTestCase {
-    /// Environment: MIRRORCORE_WALK_SEEDS="A-B" (default 1-300), MIRRORCORE_WALK_STEPS (default 120),
+    /// Environment: MIRRORCORE_WALK_SEEDS="A-B" (default 1-200), MIRRORCORE_WALK_STEPS (default 120),
     /// MIRRORCORE_TRACE_SEED=N prints that seed's full event/action trace.
     let env = ProcessInfo.processInfo.environment
     var traceSeed: UInt64 { UInt64(env["MIRRORCORE_TRACE_SEED"] ?? "") ?? 0 }
     var seeds: ClosedRange<UInt64> {
         let parts = (env["MIRRORCORE_WALK_SEEDS"] ?? "").split(separator: "-").compactMap { UInt64($0) }
-        return parts.count == 2 ? parts[0]...parts[1] : 1...300
+        return parts.count == 2 ? parts[0]...parts[1] : 1...200
     }
     var steps: Int { Int(env["MIRRORCORE_WALK_STEPS"] ?? "") ?? 120 }
 

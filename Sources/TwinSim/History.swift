@@ -48,6 +48,8 @@ public struct OpRecord: Sendable {
     /// durability contract allows: there it may be absent from then on, so it no longer makes older values stale; if
     /// its value is read, the usual ordering rules still apply to it.
     public var rolledBack: [RegisterKey: SimTimeUs] = [:]
+    /// Registers where a completed fsync (fsync=mirror) covered this write: no crash of any kind may lose it.
+    public var synced: Set<RegisterKey> = []
 }
 
 public struct History: Sendable {
@@ -71,6 +73,8 @@ public struct History: Sendable {
     }
 
     public mutating func forgive(_ id: Int, _ key: RegisterKey, atUs: SimTimeUs) { ops[id].rolledBack[key] = atUs }
+
+    public mutating func markSynced(_ id: Int, _ key: RegisterKey) { ops[id].synced.insert(key) }
 
     public func op(_ id: Int) -> OpRecord { ops[id] }
     public var pendingIDs: [Int] { ops.filter { $0.outcome == .pending }.map(\.id) }

@@ -10,6 +10,7 @@ public struct SimMetrics: Sendable {
     public var operationsFailed = 0
     public var reads = 0
     public var writes = 0
+    public var fsyncs = 0
     public var writtenTracks = 0
     /// Locations written (tracks plus inode records), summed over write operations.
     public var writtenLocations = 0
@@ -38,7 +39,7 @@ public struct SimMetrics: Sendable {
 
     public mutating func merge(_ o: SimMetrics) {
         operations += o.operations; operationsCompleted += o.operationsCompleted; operationsFailed += o.operationsFailed
-        reads += o.reads; writes += o.writes; writtenTracks += o.writtenTracks; writtenLocations += o.writtenLocations; localOperations += o.localOperations
+        reads += o.reads; writes += o.writes; fsyncs += o.fsyncs; writtenTracks += o.writtenTracks; writtenLocations += o.writtenLocations; localOperations += o.localOperations
         markRequests += o.markRequests; markedLocations += o.markedLocations; pullRequests += o.pullRequests
         for (k, v) in o.messagesByKind { messagesByKind[k, default: 0] += v }
         roundTripsTotal += o.roundTripsTotal; crashes += o.crashes; disconnects += o.disconnects; events += o.events

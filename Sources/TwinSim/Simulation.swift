@@ -104,6 +104,7 @@ public final class Simulation {
     var live: [Int: LiveOp] = [:]
     var workload: WorkloadGenerator
     var netRandom: SimRandom, diskRandom: SimRandom, faultRandom: SimRandom, clientRandom: SimRandom
+    var fsyncRandom: SimRandom
     var inFlightMessages = 0
     var held: [Bool] = [false, false]
     var heldMessages: [[(epoch: UInt64, message: Message)]] = [[], []]
@@ -130,6 +131,7 @@ public final class Simulation {
         var root = SimRandom(seed: config.seed)
         netRandom = root.fork(); diskRandom = root.fork(); faultRandom = root.fork(); clientRandom = root.fork()
         var workRandom = root.fork()
+        fsyncRandom = root.fork()
         let writebackUs = options.writebackUs ?? workRandom.pick([1_000, 50_000, 1_000_000] as [SimTimeUs])
         workload = WorkloadGenerator(layout: layout, kind: config.workload, random: &workRandom)
         for _ in 0..<2 {
@@ -215,12 +217,19 @@ public final class Simulation {
         let id = history.invoke(node: node, label: op.label, atUs: queue.nowUs, writes: writes, readKeys: readKeys)
         assert(WriteStamp(id + 1) == stamp, "stamps follow operation ids")
         metrics.operations += 1
-        if op.writes.isEmpty { metrics.reads += 1 } else { metrics.writes += 1 }
+        if op.category == .fsync { metrics.fsyncs += 1 } else if op.writes.isEmpty { metrics.reads += 1 } else { metrics.writes += 1 }
         metrics.writtenTracks += op.writtenTracks(layout)
         metrics.writtenLocations += op.writes.count
         if let client { nodes[node].clientOps[client] = id }
         log("\(nodeName(node)) op#\(id) \(op.label) stamp \(stamp)")
         // The kernel answers a read of cached locations itself; the daemon never sees it.
+        if op.category == .fsync {
+            live[id] = LiveOp(node: node, client: client, op: op, stamp: stamp, requestsAtStart: nodes[node].requestsSent)
+            // The shell syncs its own copy at once; the core makes the peer's copy durable.
+            for loc in op.flush { nodes[node].store.sync(location: loc) }
+            step(node, .flushRequested(FlushID(UInt64(id)), op.flush.map { map[$0] }))
+            return id
+        }
         if options.kernelCache && op.writes.isEmpty && op.reads.allSatisfy({ nodes[node].cache[$0] != nil }) {
             var reads: [RegisterKey: WriteStamp] = [:]
             for loc in op.reads {
@@ -260,7 +269,8 @@ public final class Simulation {
             // Completed writes whose value now exists on neither node were never synced anywhere: the contract lets a
             // power loss lose them (it would not let a kill lose them, and a kill never does here).
             for op in history.ops where op.outcome == .ok {
-                for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key }) where op.rolledBack[key] == nil {
+                for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key })
+                    where op.rolledBack[key] == nil && !op.synced.contains(key) {
                     if nodes.allSatisfy({ $0.store.visible[key.location].slots[key.slot] != stamp }) {
                         history.forgive(op.id, key, atUs: queue.nowUs)
                         log("power loss: op#\(op.id)'s value of \(key) now exists on neither node (never synced)")
@@ -395,7 +405,8 @@ public final class Simulation {
             guard phase == .faulty, nodes[node].isUp, nodes[node].clientOps[client] == nil,
                   opsIssued < config.operationCount else { return }
             opsIssued += 1
-            let op = workload.next(node: node, &clientRandom)
+            let op = config.fsyncChance > 0 && fsyncRandom.chance(config.fsyncChance)
+                ? workload.fsync(node: node, &fsyncRandom) : workload.next(node: node, &clientRandom)
             issue(op, on: node, client: client)
             if opsIssued == config.operationCount { startHealing() }
         case .faultTick:
@@ -489,8 +500,12 @@ public final class Simulation {
                 queue.schedule(afterUs: delay, .applyOperation(node: node, incarnation: nodes[node].incarnation, opID: id))
             case .fail(let opID, let error):
                 finishOp(node, Int(opID.raw), error: "\(error)")
-            case .flushDone, .flushFailed:
-                break
+            case .flushDone(let fid):
+                let id = Int(fid.raw)
+                if let op = live[id], op.op.category == .fsync { markSynced(by: id, op.op.flush) }
+                finishOp(node, id, error: nil)
+            case .flushFailed(let fid, let error):
+                finishOp(node, Int(fid.raw), error: "\(error)")
             case .wakeAt(let tick):
                 let at = max(tick, queue.nowUs)
                 if !pendingWakes[node].contains(at) {
@@ -513,6 +528,15 @@ public final class Simulation {
         for n in 0..<2 { nodes[n].store.addLocation(slots: slots) }
         log("location \(layout.name(id)) (outside the layout) comes into use")
         return id
+    }
+
+    /// Writes to `locations` that completed before fsync `id` began are now promised durable on both nodes.
+    func markSynced(by id: Int, _ locations: [Int]) {
+        let began = history.op(id).invokeUs
+        let covered = Set(locations)
+        for op in history.ops where op.outcome == .ok && (op.completeUs ?? .max) <= began {
+            for key in op.writes.keys.sorted() where covered.contains(key.location) { history.markSynced(op.id, key) }
+        }
     }
 
     func applyGranted(_ node: Int, _ id: Int) {

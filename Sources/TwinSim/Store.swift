@@ -119,6 +119,11 @@ public struct SimStore: Sendable {
         }
     }
 
+    /// fsync(2) of one location by the shell: everything written to it so far becomes durable.
+    public mutating func sync(location: Int) {
+        harden(location: location, through: nextSequence)
+    }
+
     /// fsync of one location: every write to it issued up to `sequence` becomes durable.
     private mutating func harden(location: Int, through sequence: UInt64) {
         var keep: [(token: UInt64, write: DataWrite)] = []

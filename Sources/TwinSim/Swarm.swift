@@ -43,6 +43,8 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
     // Disks and crashes.
     public var diskLatencyMaxUs: SimTimeUs
     public var diskLatencyMinUs: SimTimeUs = 0
+    /// Share of client operations that are fsyncs (fsync=mirror: durable on both nodes when they return).
+    public var fsyncChance = 0.0
     /// Multiplier of each node's disk latency: sometimes one node has a much slower disk than the other.
     public var diskSlowdown: [UInt64] = [1, 1]
     public var crashChance: Double
@@ -78,6 +80,8 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
             restartDelayUs: r.pick([0, 10_000, 200_000]),
             faultTickUs: r.pick([5_000, 20_000]))
         c.diskSlowdown = r.pick([[1, 1], [1, 1], [1, 1], [30, 1], [1, 30]])
+        // Drawn last, so that adding it left every earlier choice of every seed as it was.
+        c.fsyncChance = r.pick([0.0, 0.0, 0.05, 0.15])
         return c
     }
 
@@ -86,7 +90,7 @@ public struct SwarmConfig: CustomStringConvertible, Sendable {
             + "dirs=\(directoryCount) spareInodes=\(spareInodesPerNode) window=\(predictionWindow) "
             + "clients=\(clientsPerNode)/node ops=\(operationCount) think<=\(thinkTimeMaxUs)us "
             + "latency=\(latencyMinUs)+\(latencyJitterUs)us disconnect=\(disconnectChance) partition=\(partitionChance)/\(partitionUs)us "
-            + "disk<=\(diskLatencyMaxUs)us slowdown=\(diskSlowdown) crash=\(crashChance) powerLoss=\(powerLossFraction) restartDelay=\(restartDelayUs)us "
+            + "disk<=\(diskLatencyMaxUs)us slowdown=\(diskSlowdown) fsync=\(fsyncChance) crash=\(crashChance) powerLoss=\(powerLossFraction) restartDelay=\(restartDelayUs)us "
             + "faultTick=\(faultTickUs)us"
     }
 }

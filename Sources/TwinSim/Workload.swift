@@ -66,11 +66,13 @@ public struct SimOp: CustomStringConvertible, Sendable {
         public let slots: [Int]
         public let full: Bool
     }
-    public enum Category: String, Sendable { case read, write, create, rename, stat, readdir }
+    public enum Category: String, Sendable { case read, write, create, rename, stat, readdir, fsync }
     public let category: Category
     public let reads: [Int]
     public let writes: [Write]
     public let label: String
+    /// Locations an fsync makes durable on both nodes.
+    public var flush: [Int] = []
     public var description: String { label }
     /// Tracks this operation writes (for the "marks per written track" figure).
     public func writtenTracks(_ layout: SimLayout) -> Int {
@@ -131,6 +133,14 @@ public struct WorkloadGenerator: Sendable {
 
     private func full(_ location: Int) -> SimOp.Write {
         SimOp.Write(location: location, slots: Array(0..<layout.slotCounts[location]), full: true)
+    }
+
+    /// An fsync of one file (its record and tracks), as an editor or a database would issue after writing.
+    public func fsync(node: Int, _ r: inout SimRandom) -> SimOp {
+        let f = kind == .sequential ? layout.files[node % layout.files.count] : r.pick(layout.files)
+        var op = SimOp(category: .fsync, reads: [], writes: [], label: "fsync ino\(f.inode)")
+        op.flush = [f.record] + f.tracks
+        return op
     }
 
     public mutating func next(node: Int, _ r: inout SimRandom) -> SimOp {

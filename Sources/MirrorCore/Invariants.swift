@@ -29,6 +29,16 @@ extension MirrorNode {
             if bits.token(l) != .mos { v.append("takeover \(l) without MOS") }
             if ops[op] == nil { v.append("takeover \(l) for ended \(op)") }
         }
+        var readsPerLocation: [Location: Int] = [:]
+        for (_, r) in reads {
+            switch r {
+            case .push(let l, _, _), .answer(let l, _, _, _), .markData(let l, _, _, _): readsPerLocation[l, default: 0] += 1
+            }
+        }
+        for (l, e) in inFlight where e.reading != (readsPerLocation[l] ?? 0) {
+            v.append("\(l): \(e.reading) reads counted, \(readsPerLocation[l] ?? 0) pending")
+        }
+        for (l, n) in readsPerLocation where inFlight[l] == nil { v.append("\(l): \(n) reads pending without a record") }
         var pushing = 0
         for (_, e) in inFlight where e.pushing { pushing += 1 }
         if pushing != pushesInFlight { v.append("push count drifted: \(pushing) vs \(pushesInFlight)") }

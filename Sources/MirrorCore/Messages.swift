@@ -45,8 +45,10 @@ public struct MarkItem: Hashable, Sendable {
     public var needData: Bool
     /// Set for locations added by prediction (statistics; handled like the others).
     public var predicted: Bool
-    public init(location: Location, needData: Bool, predicted: Bool) {
-        self.location = location; self.needData = needData; self.predicted = predicted
+    /// With `needData`: send the data even without OOS (the sender's own copy may be behind, e.g. after a restart).
+    public var forceData: Bool
+    public init(location: Location, needData: Bool, predicted: Bool, forceData: Bool = false) {
+        self.location = location; self.needData = needData; self.predicted = predicted; self.forceData = forceData
     }
 }
 

@@ -111,16 +111,20 @@ public final class MirrorNode {
         var needData: Set<Location> = []
     }
     enum PendingRead {
-        case push(Location, epoch: UInt64)
-        case answer(Location, pullID: UInt64, epoch: UInt64)
-        case markData(Location, reply: UInt64, epoch: UInt64)
+        // `gen`: the location's write generation when the read was issued (see `Sent`).
+        case push(Location, epoch: UInt64, gen: UInt64)
+        case answer(Location, pullID: UInt64, epoch: UInt64, gen: UInt64)
+        case markData(Location, reply: UInt64, epoch: UInt64, gen: UInt64)
     }
     enum WriteKind { case answer(clearsMOOS: Bool), push(durable: Bool), markData(markID: UInt64) }
     struct PendingWrite { var location: Location; var version: Version; var kind: WriteKind }
     /// Data sent to the peer and not yet acknowledged.
     struct Sent {
         var lastSent: Version?
-        var rewritten = false
+        /// Local writes finished since this record exists, and the value of that count when `lastSent` was read: an
+        /// ack clears OOS only if no write finished after the acknowledged copy was read (hazard 2).
+        var gen: UInt64 = 0
+        var sentGen: UInt64 = 0
         var reading = 0
         var pushing = false
     }
@@ -414,7 +418,7 @@ public final class MirrorNode {
             } else {
                 takeover[l] = nil
                 setOOS(l, true)
-                if inFlight.at(l) != nil { inFlight[l]!.rewritten = true }
+                if inFlight.at(l) != nil { inFlight[l]!.gen += 1 }
                 enqueuePush(l)
             }
             touch(l, before)
@@ -540,7 +544,9 @@ public final class MirrorNode {
         var items: [MarkItem] = []
         for it in need where markOf.at(it.location) == nil && bits.token(it.location) != .mos {
             let moos = bits.token(it.location) == .moos
-            items.append(MarkItem(location: it.location, needData: moos && it.access != .writeFull, predicted: false))
+            let needData = moos && it.access != .writeFull
+            items.append(MarkItem(location: it.location, needData: needData, predicted: false,
+                                  forceData: needData && bits.oos(it.location)))
             if moos && it.access == .writeFull { takeoverRequested[it.location] = op }
         }
         if items.isEmpty { return }
@@ -663,10 +669,9 @@ public final class MirrorNode {
         touch(l, before)
         grantsUnsent[l, default: 0] += 1
         if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
-        if item.needData && bits.oos(l) {
+        if item.needData && (bits.oos(l) || item.forceData) {
             let t = newToken()
-            reads[t] = .markData(l, reply: nextReplyKey, epoch: epoch)
-            beginSend(l)
+            reads[t] = .markData(l, reply: nextReplyKey, epoch: epoch, gen: beginSend(l))
             reply.readsOutstanding += 1
             out.append(.storeRead(CompletionToken(t), l))
         } else {
@@ -798,9 +803,8 @@ public final class MirrorNode {
         touch(l, before)
         if bits.oos(l) || forceData {
             let t = newToken()
-            reads[t] = .answer(l, pullID: pullID, epoch: epoch)
+            reads[t] = .answer(l, pullID: pullID, epoch: epoch, gen: beginSend(l))
             answering[l, default: 0] += 1
-            beginSend(l)
             out.append(.storeRead(CompletionToken(t), l))
             if !prefetched { prefetch(after: l) }
         } else {
@@ -824,11 +828,12 @@ public final class MirrorNode {
         }
     }
 
-    func beginSend(_ l: Location) {
+    /// Returns the write generation the read will carry.
+    func beginSend(_ l: Location) -> UInt64 {
         var e = inFlight[l] ?? Sent()
-        e.rewritten = false
         e.reading += 1
         inFlight[l] = e
+        return e.gen
     }
 
     func receiveAnswer(_ a: PullAnswer) {
@@ -864,7 +869,7 @@ public final class MirrorNode {
             return
         }
         if e.pushing { e.pushing = false; pushesInFlight -= 1 }
-        if (e.lastSent == r.version && !e.rewritten) || !rules.ignoreStaleAcks {
+        if (e.lastSent == r.version && e.gen == e.sentGen) || !rules.ignoreStaleAcks {
             if (flushNeeds.at(l) ?? 0) > 0 && !r.durable {
                 // A flush waits on this location: only a durable copy counts, so push again asking for one.
                 e.lastSent = nil
@@ -894,11 +899,12 @@ public final class MirrorNode {
     func readDone(_ t: UInt64, _ p: Payload, _ v: Version) {
         guard let r = reads.removeValue(forKey: t) else { return }
         switch r {
-        case .push(let l, let ep):
+        case .push(let l, let ep, let gen):
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch && connected && e.pushing && bits.oos(l) {
                 e.lastSent = v
+                e.sentGen = gen
                 counters.pushesSent += 1
                 out.append(.send(.push(Push(location: l, payload: p, version: v, durable: (flushNeeds.at(l) ?? 0) > 0))))
             } else if e.pushing {
@@ -906,23 +912,25 @@ public final class MirrorNode {
                 if ep == epoch { pushesInFlight -= 1 }
             }
             storeSent(l, e)
-        case .answer(let l, let pullID, let ep):
+        case .answer(let l, let pullID, let ep, let gen):
             if let n = answering.at(l) { answering[l] = n <= 1 ? nil : n - 1 }
             defer { wake(l) }
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch && connected {
                 e.lastSent = v
+                e.sentGen = gen
                 counters.pullAnswersData += 1
                 out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(p, v), prefetched: pullID == 0,
                                                         clock: clock, pullID: pullID))))
             }
             storeSent(l, e)
-        case .markData(let l, let key, let ep):
+        case .markData(let l, let key, let ep, let gen):
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch, var reply = replies[key] {
                 e.lastSent = v
+                e.sentGen = gen
                 reply.readsOutstanding -= 1
                 reply.granted.append(MarkGrant(location: l, data: p, version: v))
                 replies[key] = reply
@@ -1029,7 +1037,7 @@ public final class MirrorNode {
                     continue
                 }
                 let t = newToken()
-                reads[t] = .push(l, epoch: epoch)
+                reads[t] = .push(l, epoch: epoch, gen: 0)
                 var e = Sent()
                 e.reading = 1
                 e.pushing = true

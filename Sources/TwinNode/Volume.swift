@@ -382,7 +382,7 @@ public final class Volume: @unchecked Sendable {
             if flags.contains(.exchange) {
                 guard let other = existing else { throw FSError.notFound }
                 if other == ino { return }
-                var swapped = try record(other)
+                let swapped = try record(other)
                 if moved.isDirectory, try isWithin(newParent, ancestor: ino) { throw FSError.invalid }
                 if swapped.isDirectory, try isWithin(parent, ancestor: other) { throw FSError.invalid }
                 try store.retargetEntry(parent: parent, name: name, ino: other)
@@ -403,7 +403,6 @@ public final class Volume: @unchecked Sendable {
                     r.version = try store.nextVersion()
                     try store.updateInode(r)
                 }
-                swapped.ctime = now
                 return
             }
             if let target = existing {

@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .executable(name: "twinfs", targets: ["twinfs"]),
         .executable(name: "twinfs-sim", targets: ["twinfs-sim"]),
+        .executable(name: "twinfs-proxy", targets: ["twinfs-proxy"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,6 +38,7 @@ let package = Package(
             dependencies: ["TwinSim", "MirrorCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         // Throughput benchmark of the protocol core (not part of `swift test`): swift run -c release core-bench
         .executableTarget(name: "core-bench", dependencies: ["MirrorCore"], path: "Tests/Benchmarks/CoreThroughput"),
+        .executableTarget(name: "twinfs-proxy", swiftSettings: swift5),
         .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore"]),
         .testTarget(name: "TwinSimTests", dependencies: ["TwinSim", "MirrorCore"]),
         .testTarget(name: "TwinStoreTests", dependencies: ["TwinStore"], swiftSettings: swift5),

@@ -3,6 +3,7 @@
 // repair, and every operation whose call had returned is there. Several rounds, each killing at a
 // different point, and each check covers all earlier rounds too.
 // Never: count an operation as done before its call returned, or demand anything of the one in flight.
+import CLinuxShims
 import Foundation
 import XCTest
 
@@ -143,6 +144,74 @@ final class CrashRecoveryTests: MountingTestCase {
         } catch {
             return ["\(path): \(error) (created and written, calls returned)"]
         }
+    }
+
+    /// Stores to a shared mapping count as written once msync(MS_SYNC) returned; truncate, punch hole and
+    /// xattr changes once their calls returned.
+    func testKill9AfterMsyncTruncatePunchAndXattrKeepsThem() throws {
+        let store = try initStore()
+        var m = try mount(store)
+        let path = m.mountpoint + "/mapped"
+        var rng = SplitMix64(seed: 21)
+        var model = rng.bytes(300_000)
+        try Sys.writeFile(path, model)
+        let fd = try Sys.open(path, O_RDWR)
+        guard let p = mmap(nil, model.count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw Errno(code: errno, call: "mmap")
+        }
+        let stores = rng.bytes(70_000)
+        stores.withUnsafeBytes { _ = memcpy(p + 100_000, $0.baseAddress!, stores.count) }
+        model.replaceSubrange(100_000..<170_000, with: stores)
+        XCTAssertEqual(msync(p, model.count, MS_SYNC), 0)
+        munmap(p, model.count)
+        try Sys.fallocate(fd, mode: twin_FALLOC_FL_PUNCH_HOLE | twin_FALLOC_FL_KEEP_SIZE, offset: 0, length: 65_536)
+        for i in 0..<65_536 { model[i] = 0 }
+        try Sys.ftruncate(fd, 250_000)
+        model.removeLast(50_000)
+        try Sys.setxattr(path, "user.kept", Array("yes".utf8))
+        close(fd)
+
+        m.killHard()
+        m = try mount(store, at: "after")
+        XCTAssertEqual(try Sys.readAll(m.mountpoint + "/mapped"), model, "msync'd stores, punch and truncate survive kill -9")
+        XCTAssertEqual(try Sys.getxattr(m.mountpoint + "/mapped", "user.kept"), Array("yes".utf8))
+    }
+
+    /// A file unlinked while open is an orphan; when the daemon dies holding it, the next mount must not keep
+    /// it (or its data) forever.
+    func testKill9WithAnOpenUnlinkedFileLeavesNoOrphanBehind() throws {
+        let store = try initStore()
+        var m = try mount(store)
+        try Sys.writeFile(m.mountpoint + "/kept", [1, 2, 3])
+        XCTAssertEqual(m.unmount()?.status, 0)
+        let baseline = Self.inodeCount(store)
+        XCTAssertNotNil(baseline, "twinfs status --json has an inode count")
+        let duBefore = Self.diskUsage(store)
+
+        m = try mount(store, at: "m2")
+        let fd = try Sys.open(m.mountpoint + "/orphan", O_RDWR | O_CREAT)
+        try Sys.pwrite(fd, [UInt8](repeating: 7, count: 8 << 20), at: 0)
+        try Sys.fsync(fd)
+        try Sys.unlink(m.mountpoint + "/orphan")
+        m.killHard()
+        close(fd)
+
+        m = try mount(store, at: "m3")
+        XCTAssertEqual(try Sys.listDir(m.mountpoint), ["kept"])
+        XCTAssertEqual(m.unmount()?.status, 0)
+        XCTAssertEqual(Self.inodeCount(store), baseline, "the orphan's inode is gone after the next mount")
+        XCTAssertLessThan(Self.diskUsage(store) - duBefore, 4 << 20, "the orphan's 8 MiB of data are freed")
+    }
+
+    static func inodeCount(_ store: String) -> Int? {
+        let r = Commands.twinfs(["status", store, "--json"])
+        guard r.ok, let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else { return nil }
+        return obj.first { $0.key.lowercased().contains("inode") }.flatMap { Int("\($0.value)") }
+    }
+
+    static func diskUsage(_ path: String) -> Int {
+        let r = Commands.run(["/usr/bin/du", "-s", "-B1", path])
+        return Int(r.stdout.split(separator: "\t").first ?? "") ?? Int.max
     }
 
     func testKill9DuringWritesLosesNoReturnedWrite() throws {

@@ -134,6 +134,15 @@ final class CLIErrorTests: MountingTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: p))
     }
 
+    func testStatusOfAMissingOrForeignStoreFails() throws {
+        let missing = path("nothing-here")
+        XCTAssertCLIError(Commands.twinfs(["status", missing]), mentioning: [missing])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: missing))
+        let foreign = makeDir("foreign")
+        try Sys.writeFile(foreign + "/x", [1])
+        assertRefused(["status", foreign, "--json"], mentioning: [foreign], unchanged: [foreign])
+    }
+
     // MARK: mount: the store
 
     func testMountRefusesAMissingStore() throws {

@@ -120,6 +120,9 @@ final class DaemonLifecycleTests: MountingTestCase {
 
         let m = try mount(store)
         for i in 0..<20 { try Sys.writeFile(m.mountpoint + "/f\(i)", [UInt8](repeating: UInt8(i), count: 200_000)) }
+        let live = Commands.twinfs(["status", store])
+        XCTAssertSucceeds(live, "status of a mounted store (an operator inspecting a live node)")
+        XCTAssertTrue(live.stdout.contains("alpha"), "\(live)")
         XCTAssertEqual(m.unmount()?.status, 0)
 
         let json = Commands.twinfs(["status", store, "--json"])

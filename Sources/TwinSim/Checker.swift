@@ -36,9 +36,10 @@ public enum HistoryChecker {
         let opID: Int
         let startUs: SimTimeUs
         let endUs: SimTimeUs?  // nil: may take effect at any time after start
-        /// For writes a power loss undid: from then on they cannot make an older value stale.
+        /// For writes a power loss undid: they cannot make an older value stale for a read that ended after the loss
+        /// (it may have seen the rolled-back contents).
         let rolledBackAtUs: SimTimeUs?
-        func supersedes(readStartingAtUs t: SimTimeUs) -> Bool { rolledBackAtUs.map { t < $0 } ?? true }
+        func supersedes(readEndingAtUs t: SimTimeUs) -> Bool { rolledBackAtUs.map { t < $0 } ?? true }
     }
 
     /// Checks every successful read in `history`, and the `finalValues` observed on each node after healing
@@ -66,12 +67,12 @@ public enum HistoryChecker {
             // ended before it started: a value is stale if a whole write fits between its writer's end and the read.
             func supersededAfter(_ endUs: SimTimeUs) -> WriteSpan? {
                 writes.first { w in
-                    guard w.supersedes(readStartingAtUs: readStartUs), let wEnd = w.endUs else { return false }
+                    guard w.supersedes(readEndingAtUs: readEndUs), let wEnd = w.endUs else { return false }
                     return w.startUs > endUs && wEnd < readStartUs
                 }
             }
             if observed == 0 {
-                if let w = writes.first(where: { $0.supersedes(readStartingAtUs: readStartUs) && ($0.endUs ?? .max) < readStartUs }) {
+                if let w = writes.first(where: { $0.supersedes(readEndingAtUs: readEndUs) && ($0.endUs ?? .max) < readStartUs }) {
                     violations.append(Violation(.staleRead, atUs: readStartUs,
                         "\(who) read initial value of \(key) although op#\(w.opID) (stamp \(w.stamp)) completed at \(w.endUs!)us"))
                 }

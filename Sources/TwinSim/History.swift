@@ -45,8 +45,8 @@ public struct OpRecord: Sendable {
         outcome == .ok ? completeUs : nil
     }
     /// Registers where a power loss left this completed write nowhere (it was never synced on either node), which the
-    /// durability contract allows: there it may be absent from then on, so it no longer makes older values stale; if
-    /// its value is read, the usual ordering rules still apply to it.
+    /// durability contract allows: there it may be absent from then on, so it no longer makes older values stale for
+    /// reads that end after the loss; if its value is read, the usual ordering rules still apply to it.
     public var rolledBack: [RegisterKey: SimTimeUs] = [:]
     /// Registers where a completed fsync (fsync=mirror) covered this write: no crash of any kind may lose it.
     public var synced: Set<RegisterKey> = []

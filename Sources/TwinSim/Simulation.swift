@@ -530,11 +530,12 @@ public final class Simulation {
         return id
     }
 
-    /// Writes to `locations` that completed before fsync `id` began are now promised durable on both nodes.
+    /// Writes this node made to `locations` that completed before fsync `id` began are now promised durable on both
+    /// nodes (PROTOCOL: a flush covers the versions written by the flushing node; the peer's own writes are its own).
     func markSynced(by id: Int, _ locations: [Int]) {
-        let began = history.op(id).invokeUs
+        let flush = history.op(id)
         let covered = Set(locations)
-        for op in history.ops where op.outcome == .ok && (op.completeUs ?? .max) <= began {
+        for op in history.ops where op.node == flush.node && op.outcome == .ok && (op.completeUs ?? .max) <= flush.invokeUs {
             for key in op.writes.keys.sorted() where covered.contains(key.location) { history.markSynced(op.id, key) }
         }
     }

@@ -103,8 +103,8 @@ func check(_ scenario: Scenario, failsWithout rule: WritableKeyPath<ProtocolRule
     }
 
     /// DESIGN.md hazard 4.
-    @Test func stalePushesAreIgnored() {
-        check(Scenario("stalePushesAreIgnored", """
+    @Test func aDelayedPushDoesNotUndoANewerWrite() {
+        check(Scenario("aDelayedPushDoesNotUndoANewerWrite", """
             # Hazard 4: a background push of an old version must not overwrite a newer write that came another way.
             set pushDelay=20000
             A write ino2/t0 as w1          # A marks, writes; its push waits 20 ms
@@ -117,6 +117,28 @@ func check(_ scenario: Scenario, failsWithout rule: WritableKeyPath<ProtocolRule
             A read ino2/t0 as ra
             run
             expect r = w2
+            expect ra = w2
+            """))
+    }
+
+    /// DESIGN.md hazard 4: the version check on everything received (here a pull answer older than the local copy).
+    @Test func olderDataNeverOverwritesNewer() {
+        check(Scenario("olderDataNeverOverwritesNewer", """
+            # Hazard 4: data older than what a node holds must never overwrite it, whatever path it comes by.
+            set pushDelay=1000000 apply=3000
+            A write ino2/t0 ino2 as w1      # A holds both tokens; w1 is not pushed for a long time
+            run
+            A write ino2 as x               # A's operation holds ino2 for 3 ms
+            run 100us
+            B write ino2/t0 ino2 as w2      # B marks both: A grants t0 at once, ino2 only after x
+            run 1500us
+            A read ino2/t0 as r             # A pulls t0; B, still waiting for ino2, answers with its older copy
+            run
+            expect w2 done
+            B read ino2/t0 as rb
+            A read ino2/t0 as ra
+            run
+            expect rb = w2
             expect ra = w2
             """), failsWithout: \.ignoreStalePushes)
     }

@@ -1,6 +1,7 @@
 // A seeded, reproducible random file-operation exerciser: writes, reads, truncates, fallocate (mode 0 and
 // KEEP_SIZE), punched holes, SEEK_DATA, mmap reads and writes, fsync, reopen, against a few files on a
-// real mount, checking every read against an in-memory model. Offsets lean towards track boundaries
+// real mount (unmounted and mounted again by a fresh daemon three times per run), checking every read
+// against an in-memory model. Offsets lean towards track boundaries
 // (64 KiB) where off-by-one errors live. The seed is printed at the start and in every failure; rerun with
 // TWINFS_EXERCISER_SEED=<seed> (and TWINFS_EXERCISER_OPS=<n>) to reproduce.
 // Never: retry an operation or tolerate a mismatch; the first difference ends the run with its history.
@@ -14,11 +15,23 @@ final class RandomizedExerciserTests: MountingTestCase {
         let seed = env["TWINFS_EXERCISER_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64(UInt32.max))
         let count = env["TWINFS_EXERCISER_OPS"].flatMap { Int($0) } ?? 50_000
         print("exerciser: seed \(seed), \(count) operations (reproduce with TWINFS_EXERCISER_SEED=\(seed))")
-        let m = try freshMount()
+        let store = try initStore()
+        var m = try mount(store)
         var ex = try Exerciser(directory: m.mountpoint, seed: seed)
         let started = Date()
         defer { ex.closeAll() }
         for i in 0..<count {
+            // Three times per run: a clean unmount and a fresh daemon, then everything must still be there.
+            if i > 0 && i % (count / 4) == 0 {
+                ex.closeAll()
+                XCTAssertEqual(m.unmount()?.status, 0, "clean unmount at operation \(i)")
+                m = try mount(store, at: "mnt-\(i)")
+                try ex.reopenAll(in: m.mountpoint)
+                if let failure = ex.verifyAll(label: "after remount at operation \(i)") {
+                    XCTFail("exerciser seed \(seed): \(failure)\nlast operations:\n\(ex.history.joined(separator: "\n"))\n\(m.daemonLog())")
+                    return
+                }
+            }
             if let failure = ex.step(i) {
                 XCTFail("exerciser seed \(seed) failed at operation \(i) of \(count): \(failure)\nlast operations:\n\(ex.history.joined(separator: "\n"))\n\(m.daemonLog())")
                 return
@@ -38,7 +51,7 @@ struct Exerciser {
     static let track = 65_536
 
     var rng: SplitMix64
-    let directory: String
+    var directory: String
     var fds: [Int32]
     var models: [[UInt8]]
     let pool: [UInt8]
@@ -55,6 +68,11 @@ struct Exerciser {
             fds.append(try Sys.open("\(directory)/f\(i)", O_RDWR | O_CREAT | O_EXCL, 0o644))
             models.append([])
         }
+    }
+
+    mutating func reopenAll(in newDirectory: String) throws {
+        directory = newDirectory
+        fds = try (0..<Self.files).map { try Sys.open("\(directory)/f\($0)", O_RDWR) }
     }
 
     mutating func closeAll() {

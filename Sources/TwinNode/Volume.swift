@@ -67,9 +67,12 @@ public final class Volume: @unchecked Sendable {
     private var handles: [UInt64: OpenFile] = [:]
     private var nextHandle: UInt64 = 1
 
+    private let trash = TrashEmptier()
+
     public init(store: Store) {
         self.store = store
         self.trackBytes = UInt64(store.identity.trackBytes)
+        trash.start(store)
     }
 
     // MARK: helpers (call with `lock` held)
@@ -136,6 +139,7 @@ public final class Volume: @unchecked Sendable {
     private func reapIfUnreferenced(_ ino: UInt64) throws {
         guard isReapable(ino) else { return }
         try store.deleteInode(ino)
+        trash.poke()
     }
 
     private func isReapable(_ ino: UInt64) -> Bool {
@@ -147,6 +151,7 @@ public final class Volume: @unchecked Sendable {
     private func reapInItsOwnTransaction(_ ino: UInt64) {
         guard isReapable(ino) else { return }
         try? store.database.transaction { try store.deleteInode(ino) }
+        trash.poke()
     }
 
     // MARK: lookup and attributes

@@ -56,6 +56,7 @@ public final class Store {
             for bucket in 0..<256 {
                 try fm.createDirectory(atPath: "\(data)/\(hex2(bucket))", withIntermediateDirectories: false)
             }
+            try fm.createDirectory(atPath: "\(data)/\(trashDirectory)", withIntermediateDirectories: false)
             let db = try SQLiteDatabase(path: "\(path)/meta.db", create: true)
             try configure(db)
             try db.transaction {
@@ -183,6 +184,7 @@ public final class Store {
             do {
                 try store.loadCounters()
                 try store.removeOrphans()
+                store.emptyTrash()
                 try store.openWAL()
                 store.database.releaseStatements()
             } catch {
@@ -295,9 +297,38 @@ public final class Store {
         try database.statement("DELETE FROM inodes WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM xattrs WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM tracks WHERE ino = ?").bind(.u64(ino)).run()
-        if unlinkat(dataDirFD, Self.dataRelativePath(ino), 0) != 0, errno != ENOENT {
+        // Freeing a file's blocks can take milliseconds (ext4 with discard): the data file only moves to the
+        // trash here, and `emptyTrash` frees it later, outside every lock. Inode numbers are never reused,
+        // so a file left in the trash by a crash is never mistaken for live data.
+        if renameat(dataDirFD, Self.dataRelativePath(ino), dataDirFD, "\(Self.trashDirectory)/\(String(ino, radix: 16))") != 0,
+            errno != ENOENT
+        {
             throw FSError.fromErrno()
         }
+    }
+
+    static let trashDirectory = "trash"
+
+    /// Deletes the data files of deleted inodes. Touches only the data directory, never SQLite: safe to run on
+    /// any thread, without the caller's lock. Returns how many files it removed.
+    @discardableResult
+    public func emptyTrash() -> Int {
+        let fd = openat(dataDirFD, Self.trashDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, let dir = fdopendir(fd) else {
+            // A store from before the trash existed: make it, nothing to empty.
+            if fd < 0 { mkdirat(dataDirFD, Self.trashDirectory, 0o700) }
+            return 0
+        }
+        defer { closedir(dir) }
+        var removed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name == "." || name == ".." { continue }
+            if unlinkat(dirfd(dir), name, 0) == 0 { removed += 1 }
+        }
+        return removed
     }
 
     /// Inodes left with no links by a crash (unlinked while open) are deleted at mount.

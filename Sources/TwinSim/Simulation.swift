@@ -28,6 +28,9 @@ public struct SimOptions: Sendable {
     public var diskLatencyUs: [SimTimeUs?] = [nil, nil]
     /// Fixed delay between a grant and the operation applying its writes.
     public var applyDelayUs: SimTimeUs?
+    /// Focus every seed on durability races: node A's disk 30x slower, frequent crashes, all of them power losses,
+    /// no network faults. Used to hunt bugs that need a power loss inside a slow persist.
+    public var harshDisks = false
     /// Give both nodes the seed's ordinary disk (no 30x slower node): the workload report uses it so that latency
     /// figures compare policies, not disks.
     public var uniformDisks = false
@@ -151,7 +154,11 @@ public final class Simulation {
 
     /// Runs a swarm seed: faults and clients until the operation budget is spent, then healing and final checks.
     public static func run(seed: UInt64, workload: WorkloadKind? = nil, options: SimOptions = SimOptions()) -> SimResult {
-        let config = SwarmConfig.derive(seed: seed, workload: workload, faults: options.faults)
+        var config = SwarmConfig.derive(seed: seed, workload: workload, faults: options.faults)
+        if options.harshDisks {
+            config.diskSlowdown = [30, 1]; config.powerLossFraction = 1; config.crashChance = 0.15
+            config.disconnectChance = 0
+        }
         return Simulation(config: config, options: options).runSwarm()
     }
 

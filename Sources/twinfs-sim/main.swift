@@ -85,6 +85,8 @@ struct TwinfsSim: ParsableCommand {
     @Option(help: "Force this workload instead of the seed's choice (sequential, random, create-heavy, contending, mixed).")
     var workload: WorkloadKind?
     @Flag(help: "No network or crash faults.") var noFaults = false
+    @Flag(help: "Focus on durability races: node A's disk 30x slower, crashes every few ms, all power losses.")
+    var harshDisks = false
     @Flag(help: "Do not model the kernel cache.") var noKernelCache = false
     @Option(help: "Switch off one protocol rule (mutation testing): \(Rule.allCases.map(\.rawValue).joined(separator: ", ")).")
     var ruleOff: [Rule] = []
@@ -99,6 +101,7 @@ struct TwinfsSim: ParsableCommand {
     func options() -> SimOptions {
         var o = SimOptions()
         o.faults = !noFaults
+        o.harshDisks = harshDisks
         o.kernelCache = !noKernelCache
         for r in ruleOff { r.switchOff(&o.rules) }
         if let window { o.adjustCore = { $0.predictionWindow = window } }

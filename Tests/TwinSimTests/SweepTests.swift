@@ -90,14 +90,20 @@ enum ToolError: Error { case missing }
 }
 
 /// Switching off one safety rule must let the simulator find a seed that breaks, which passes with the rule on.
-@Suite struct RuleSwitchesAreCaught {
+/// Serialized: each case is a child process, and the machine has two cores.
+@Suite(.serialized) struct RuleSwitchesAreCaught {
     static let rules = ["giveUpTokenOnPull", "ignoreStaleAcks", "persistMOOSBeforeAck", "persistSupersetBeforeWrite",
                         "invalidateBeforeAck", "ignoreStalePushes", "answerInSyncOnlyIfKnown", "tieBreakConcurrentMarks"]
     static let seedBound = 300
 
+    /// Rules whose violation needs a power loss inside a slow persist: the ordinary swarm almost never lands one (not
+    /// caught in 3,000 seeds), so these are hunted with the harsh-disk profile (Docs/TESTING.md).
+    static let harshDiskRules: Set<String> = ["persistSupersetBeforeWrite"]
+
     @Test(arguments: rules)
     func switchedOffRuleIsCaughtWithinTheSeedBound(rule: String) throws {
-        let run = try ToolProcess(["--seeds", "0..\(Self.seedBound - 1)", "--rule-off", rule, "--first-caught"]).wait()
+        let profile = Self.harshDiskRules.contains(rule) ? ["--harsh-disks"] : []
+        let run = try ToolProcess(["--seeds", "0..\(Self.seedBound - 1)", "--rule-off", rule, "--first-caught"] + profile).wait()
         #expect(run.status == 0, "\(rule) switched off was not caught in \(Self.seedBound) seeds:\n\(run.lastLines)")
         #expect(run.output.contains("caught \(rule) at seed"), "\(run.lastLines)")
     }

@@ -1,10 +1,11 @@
-// TrashEmptier: one background thread that frees the data files of deleted inodes (Store.emptyTrash), so the
-// slow part of deleting a file (the backing filesystem freeing and discarding its blocks) never runs inside a
-// filesystem operation or under the volume lock. Never: touch SQLite or anything but the store's trash.
+// Reaper: one background thread that deletes inodes whose last reference went away (in batches, one
+// transaction each) and then frees their data files (Store.emptyTrash) — so FORGET and RELEASE never wait for
+// a transaction, and the backing filesystem's slow block freeing never runs under the volume lock.
+// Never: run filesystem operations; it only finishes deletions the volume already decided.
 import Glibc
 import TwinStore
 
-final class TrashEmptier: @unchecked Sendable {
+final class Reaper: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
     private var pending = false
@@ -14,7 +15,7 @@ final class TrashEmptier: @unchecked Sendable {
         pthread_cond_init(&cond, nil)
     }
 
-    /// Something went into the trash: wake the thread (cheap; many pokes make one pass).
+    /// Work is waiting: wake the thread (cheap; many pokes make one pass).
     func poke() {
         pthread_mutex_lock(&mutex)
         pending = true
@@ -22,33 +23,34 @@ final class TrashEmptier: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
-    func start(_ store: Store) {
-        let context = Unmanaged.passRetained(Context(emptier: self, store: store)).toOpaque()
+    func start(_ volume: Volume) {
+        let context = Unmanaged.passRetained(Context(reaper: self, volume: volume)).toOpaque()
         var thread = pthread_t()
         pthread_create(&thread, nil, { raw in
             let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.emptier.run(context.store)
+            context.reaper.run(context.volume)
             return nil
         }, context)
         pthread_detach(thread)
     }
 
     private final class Context {
-        let emptier: TrashEmptier
-        let store: Store
-        init(emptier: TrashEmptier, store: Store) {
-            self.emptier = emptier
-            self.store = store
+        let reaper: Reaper
+        let volume: Volume
+        init(reaper: Reaper, volume: Volume) {
+            self.reaper = reaper
+            self.volume = volume
         }
     }
 
-    private func run(_ store: Store) {
+    private func run(_ volume: Volume) {
         while true {
             pthread_mutex_lock(&mutex)
             while !pending { pthread_cond_wait(&cond, &mutex) }
             pending = false
             pthread_mutex_unlock(&mutex)
-            store.emptyTrash()
+            volume.reapQueued()
+            volume.store.emptyTrash()
         }
     }
 }

@@ -67,13 +67,16 @@ public final class Volume: @unchecked Sendable {
     private var handles: [UInt64: OpenFile] = [:]
     private var nextHandle: UInt64 = 1
 
-    private let trash = TrashEmptier()
+    /// Inodes with no name left that the kernel or an open file still refers to (unlinked while open).
+    private var unlinkedButReferenced: Set<UInt64> = []
+    private var reapQueue: [UInt64] = []
+    private let reaper = Reaper()
     private let walSyncer = WALSyncer()
 
     public init(store: Store) {
         self.store = store
         self.trackBytes = UInt64(store.identity.trackBytes)
-        trash.start(store)
+        reaper.start(self)
         walSyncer.start(store)
     }
 
@@ -137,23 +140,31 @@ public final class Volume: @unchecked Sendable {
         lookups[ino, default: 0] += 1
     }
 
-    /// Deletes an inode once nothing refers to it: no name, no open handle, no kernel reference.
-    private func reapIfUnreferenced(_ ino: UInt64) throws {
-        guard isReapable(ino) else { return }
-        try store.deleteInode(ino)
-        trash.poke()
+    private func isReferenced(_ ino: UInt64) -> Bool {
+        ino == InodeRecord.rootIno || lookups[ino] != nil || openCounts[ino] != nil
     }
 
-    private func isReapable(_ ino: UInt64) -> Bool {
-        guard ino != InodeRecord.rootIno, lookups[ino] == nil, openCounts[ino] == nil else { return false }
-        return (try? store.inode(ino))??.nlink == 0
+    /// The last reference to an unlinked inode went away (forget, release): queue it for the reaper thread,
+    /// which deletes queued inodes in batches, so neither FORGET nor RELEASE pays for a transaction.
+    private func dereferenced(_ ino: UInt64) {
+        guard !isReferenced(ino), unlinkedButReferenced.remove(ino) != nil else { return }
+        reapQueue.append(ino)
+        reaper.poke()
     }
 
-    /// Outside any operation (forget, release): most inodes still have names, so look before opening a transaction.
-    private func reapInItsOwnTransaction(_ ino: UInt64) {
-        guard isReapable(ino) else { return }
-        try? store.database.transaction { try store.deleteInode(ino) }
-        trash.poke()
+    /// Deletes the queued inodes in one transaction (called by the reaper thread).
+    func reapQueued() {
+        lock.withLock {
+            defer { store.database.releaseStatements() }
+            guard !reapQueue.isEmpty else { return }
+            let batch = reapQueue
+            reapQueue.removeAll()
+            try? store.database.transaction {
+                for ino in batch where !isReferenced(ino) {
+                    if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino) }
+                }
+            }
+        }
     }
 
     // MARK: lookup and attributes
@@ -171,11 +182,10 @@ public final class Volume: @unchecked Sendable {
 
     public func forget(_ ino: UInt64, count: UInt64) {
         lock.withLock {
-            defer { store.database.releaseStatements() }
             guard let n = lookups[ino] else { return }
             if n <= count {
                 lookups[ino] = nil
-                reapInItsOwnTransaction(ino)
+                dereferenced(ino)
             } else {
                 lookups[ino] = n - count
             }
@@ -295,6 +305,7 @@ public final class Volume: @unchecked Sendable {
             try checkName(newName)
             var r = try record(ino)
             guard !r.isDirectory else { throw FSError.notPermitted }
+            guard r.nlink > 0 else { throw FSError.notFound }  // as on Linux: an unlinked file cannot be linked back
             guard r.nlink < Self.linkMax else { throw FSError.tooManyLinks }
             var dir = try directory(newParent)
             guard try store.lookup(parent: newParent, name: newName) == nil else { throw FSError.exists }
@@ -322,7 +333,14 @@ public final class Volume: @unchecked Sendable {
         r.ctime = now
         r.version = try store.nextVersion()
         try store.updateInode(r)
-        try reapIfUnreferenced(r.ino)
+        guard r.nlink == 0 else { return }
+        if isReferenced(r.ino) {
+            // Still open or known to the kernel: it lives on without a name until the last reference goes.
+            unlinkedButReferenced.insert(r.ino)
+        } else {
+            try store.deleteInode(r.ino)
+            reaper.poke()
+        }
     }
 
     public func unlink(parent: UInt64, name: [UInt8]) throws {
@@ -509,7 +527,7 @@ public final class Volume: @unchecked Sendable {
             close(file.fd)
             let n = openCounts[file.ino, default: 1] - 1
             openCounts[file.ino] = n > 0 ? n : nil
-            if n <= 0 { reapInItsOwnTransaction(file.ino) }
+            if n <= 0 { dereferenced(file.ino) }
         }
     }
 

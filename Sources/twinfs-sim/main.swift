@@ -85,6 +85,8 @@ struct TwinfsSim: ParsableCommand {
     @Option(help: "Force this workload instead of the seed's choice (sequential, random, create-heavy, contending, mixed).")
     var workload: WorkloadKind?
     @Flag(help: "No network or crash faults.") var noFaults = false
+    @Flag(help: "Skip the per-step invariant checks (only client-visible and final checks judge the run).")
+    var noInvariants = false
     @Flag(help: "Focus on durability races: node A's disk 30x slower, crashes every few ms, all power losses.")
     var harshDisks = false
     @Flag(help: "Do not model the kernel cache.") var noKernelCache = false
@@ -102,6 +104,7 @@ struct TwinfsSim: ParsableCommand {
         var o = SimOptions()
         o.faults = !noFaults
         o.harshDisks = harshDisks
+        o.checkInvariantsEachStep = !noInvariants
         o.kernelCache = !noKernelCache
         for r in ruleOff { r.switchOff(&o.rules) }
         if let window { o.adjustCore = { $0.predictionWindow = window } }

@@ -24,23 +24,7 @@ final class Reaper: @unchecked Sendable {
     }
 
     func start(_ volume: Volume) {
-        let context = Unmanaged.passRetained(Context(reaper: self, volume: volume)).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { raw in
-            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.reaper.run(context.volume)
-            return nil
-        }, context)
-        pthread_detach(thread)
-    }
-
-    private final class Context {
-        let reaper: Reaper
-        let volume: Volume
-        init(reaper: Reaper, volume: Volume) {
-            self.reaper = reaper
-            self.volume = volume
-        }
+        spawnDetachedThread { self.run(volume) }
     }
 
     private func run(_ volume: Volume) {

@@ -20,24 +20,9 @@ final class WALSyncer: @unchecked Sendable {
     }
 
     func start(_ store: Store) {
-        let context = Unmanaged.passRetained(Context(syncer: self, store: store)).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { raw in
-            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.syncer.run(context.store)
-            return nil
-        }, context)
-        pthread_detach(thread)
+        spawnDetachedThread { self.run(store) }
     }
 
-    private final class Context {
-        let syncer: WALSyncer
-        let store: Store
-        init(syncer: WALSyncer, store: Store) {
-            self.syncer = syncer
-            self.store = store
-        }
-    }
 
     /// Asks for a flush of everything committed so far; returns a ticket to wait on.
     func begin() -> UInt64 {

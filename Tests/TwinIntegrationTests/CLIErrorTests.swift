@@ -6,6 +6,8 @@ import XCTest
 
 /// Every file and directory under a path with its type, mode, size and content digest: what "nothing
 /// changed" compares. Modification times are left out on purpose: a content-identical store is unchanged.
+/// So is SQLite's `-shm` file: a shared-memory index that any reader rewrites and SQLite rebuilds from the
+/// database and its WAL, never data (meta.db and meta.db-wal themselves are compared).
 struct TreeSnapshot: Equatable, CustomStringConvertible {
     let entries: [String: String]
 
@@ -23,7 +25,8 @@ struct TreeSnapshot: Equatable, CustomStringConvertible {
             }
             out[rel] = line
             if type == S_IFDIR {
-                for name in ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).sorted() {
+                for name in ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).sorted()
+                where !name.hasSuffix(".db-shm") {
                     visit(p + "/" + name, rel + "/" + name)
                 }
             }

@@ -76,6 +76,7 @@ struct TwinfsSim: ParsableCommand {
             twinfs-sim --seed 42 --trace     replay one seed exactly, printing every event
             twinfs-sim --seeds 0..1999       sweep; exits 1 and prints the failing seeds on any violation
             twinfs-sim --report --seeds 0..99  round trips, marks and pulls per workload
+            twinfs-sim --workload sequential   the same figures for one workload (seeds 0..99)
             """)
 
     @Option(help: "Run this one seed.") var seed: UInt64?
@@ -112,7 +113,8 @@ struct TwinfsSim: ParsableCommand {
     }
 
     func run() throws {
-        if report { return reportMode() }
+        // `--report`, or a workload without seeds to run: print the figures.
+        if report || (workload != nil && seed == nil && seeds == nil && script == nil) { return reportMode() }
         if let script {
             guard let f = fopen(script, "r") else { throw ValidationError("cannot open \(script)") }
             defer { fclose(f) }

@@ -203,6 +203,52 @@ final class CrashRecoveryTests: MountingTestCase {
         XCTAssertLessThan(Self.diskUsage(store) - duBefore, 4 << 20, "the orphan's 8 MiB of data are freed")
     }
 
+    /// git survives being killed at any point (every update is a write then a rename); with every returned
+    /// write kept, killing the daemon under a commit loop must leave a repository that passes `git fsck`,
+    /// with every commit that git reported done.
+    func testKill9DuringGitCommitsLeavesARepositoryThatFscks() throws {
+        let store = try initStore()
+        var m = try mount(store)
+        shell("""
+        cd "$M" && git init -q -b main repo && cd repo
+        seq 1 2000 > base && git add base && git commit -q -m c0
+        """, in: m)
+        let committed = scratch + "/committed", repo = m.mountpoint + "/repo", home = scratch
+        let loopDone = DispatchSemaphore(value: 0)
+        let bg = Thread {
+            defer { loopDone.signal() }
+            Commands.sh("""
+            cd \(quote(repo))
+            for i in $(seq 1 100000); do
+              seq $i $((i + 300)) > "f$((i % 40))" || exit 0
+              git add -A 2>/dev/null || exit 0
+              git commit -q -m "c$i" 2>/dev/null || exit 0
+              echo "$i" >> \(quote(committed))
+            done
+            """, home: home, timeoutSeconds: 300)
+        }
+        bg.start()
+        let deadline = Date().addingTimeInterval(120)
+        func commitsDone() -> Int { ((try? String(contentsOfFile: committed, encoding: .utf8)) ?? "").split(separator: "\n").count }
+        while commitsDone() < 15 && Date() < deadline { usleep(10_000) }
+        kill(m.pid, SIGKILL)
+        XCTAssertEqual(loopDone.wait(timeout: .now() + 60), .success, "the commit loop ends once the mount is dead")
+        m.killHard()
+        let reported = ((try? String(contentsOfFile: committed, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        XCTAssertGreaterThanOrEqual(reported.count, 15, "git made commits before the kill")
+
+        m = try mount(store, at: "after")
+        let r = shell("""
+        cd "$M/repo"
+        rm -f .git/index.lock .git/HEAD.lock .git/refs/heads/main.lock
+        git fsck --full --strict 2>&1
+        git log --format=%s
+        """, in: m)
+        let subjects = Set(r.stdout.split(separator: "\n").map(String.init))
+        let missing = reported.filter { !subjects.contains("c\($0)") }
+        XCTAssertEqual(missing, [], "commits git reported done before the kill are in the history")
+    }
+
     static func inodeCount(_ store: String) -> Int? {
         let r = Commands.twinfs(["status", store, "--json"])
         guard r.ok, let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else { return nil }

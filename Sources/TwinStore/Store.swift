@@ -139,13 +139,21 @@ public final class Store {
     }
 
     /// Opens a store for exclusive use by this process. `readOnly` opens without the lock, for `status`.
-    public static func open(at path: String, readOnly: Bool = false) throws -> Store {
+    /// `lockWaitMs`: how long to wait for a daemon that is shutting down to let go of the store's lock.
+    public static func open(at path: String, readOnly: Bool = false, lockWaitMs: Int = 0) throws -> Store {
         let identity = try readIdentity(at: path)
         let lockFD = Glibc.open("\(path)/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lockFD >= 0 else { throw StoreError.io(path: path, detail: "cannot open lock file: \(String(cString: strerror(errno)))") }
-        if !readOnly, flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
-            Glibc.close(lockFD)
-            throw StoreError.locked(path: path)
+        if !readOnly {
+            var waitedMs = 0
+            while flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
+                guard waitedMs < lockWaitMs else {
+                    Glibc.close(lockFD)
+                    throw StoreError.locked(path: path)
+                }
+                usleep(50_000)
+                waitedMs += 50
+            }
         }
         let dataDirFD = Glibc.open("\(path)/data", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dataDirFD >= 0 else {

@@ -77,8 +77,15 @@ struct MountCommand: ParsableCommand {
         let mnt = absolute(mountpoint)
         let storePath = absolute(store)
         try checkMountpoint(mnt, allowNonempty: parsed.nonempty)
-        // Validate the store before forking, so the common mistakes are reported by the parent directly.
+        // Validate before forking, so the common mistakes are reported by the parent directly, and before the
+        // store is opened, so a refused mount changes nothing in it.
         _ = try Store.readIdentity(at: storePath)
+        guard access("/dev/fuse", R_OK | W_OK) == 0 else {
+            throw UsageError(message: "/dev/fuse is not available (is the fuse module loaded, and may this user open it?)")
+        }
+        if let where_ = mountpointOfStore(storePath) {
+            throw UsageError(message: "store \(storePath) is already mounted at \(where_)")
+        }
         if foreground {
             let code = try serve(storePath: storePath, mnt: mnt, parsed: parsed) {
                 print("twinfs: ready \(mnt)")
@@ -93,7 +100,9 @@ struct MountCommand: ParsableCommand {
 
     /// Opens the store, mounts, signals readiness, serves; returns the exit code.
     func serve(storePath: String, mnt: String, parsed: ParsedMountOptions, onReady: () -> Void) throws -> Int32 {
-        let store = try Store.open(at: storePath)
+        // Not mounted anywhere (checked above), so a held lock is a daemon that is still closing the store after
+        // its unmount: give it a moment rather than failing a remount that follows `fusermount3 -u`.
+        let store = try Store.open(at: storePath, lockWaitMs: 10_000)
         let volume = Volume(store: store)
         var kernel = parsed.kernel
         kernel.append("fsname=\(storePath.replacingOccurrences(of: ",", with: "_"))")
@@ -116,6 +125,38 @@ struct MountCommand: ParsableCommand {
         }
         return rc == 0 ? 0 : 1
     }
+}
+
+/// The mountpoint where `store` is mounted (our fsname is the store's absolute path), or nil.
+func mountpointOfStore(_ store: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") {
+        // ... mountpoint(5th) ... " - " fstype source options
+        let halves = line.components(separatedBy: " - ")
+        guard halves.count == 2 else { continue }
+        let left = halves[0].split(separator: " "), right = halves[1].split(separator: " ")
+        guard left.count >= 5, right.count >= 2, right[0] == "fuse.twinfs" else { continue }
+        let source = unescapeMountinfo(String(right[1]))
+        if source == store { return unescapeMountinfo(String(left[4])) }
+    }
+    return nil
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...).
+func unescapeMountinfo(_ field: String) -> String {
+    var out = ""
+    let chars = Array(field)
+    var i = 0
+    while i < chars.count {
+        if chars[i] == "\\", i + 3 < chars.count, let code = UInt8(String(chars[(i + 1)...(i + 3)]), radix: 8) {
+            out.append(Character(UnicodeScalar(code)))
+            i += 4
+        } else {
+            out.append(chars[i])
+            i += 1
+        }
+    }
+    return out
 }
 
 func absolute(_ path: String) -> String {

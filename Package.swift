@@ -15,6 +15,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
@@ -26,6 +28,13 @@ let package = Package(
         .target(name: "TwinNode", dependencies: ["TwinStore", "CLinuxShims"], swiftSettings: swift5),
         .target(name: "TwinFUSE", dependencies: ["CFuse3", "CLinuxShims", "TwinNode", "TwinStore"], swiftSettings: swift5),
         .target(name: "TwinSim", dependencies: ["MirrorCore"]),
+        .target(
+            name: "PeerLink",
+            dependencies: [
+                "MirrorCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swift5),
         .executableTarget(
             name: "twinfs",
             dependencies: [
@@ -41,6 +50,7 @@ let package = Package(
         .executableTarget(name: "twinfs-proxy", swiftSettings: swift5),
         .testTarget(name: "MirrorCoreTests", dependencies: ["MirrorCore"]),
         .testTarget(name: "TwinSimTests", dependencies: ["TwinSim", "MirrorCore"]),
+        .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "MirrorCore"], swiftSettings: swift5),
         .testTarget(name: "TwinStoreTests", dependencies: ["TwinStore"], swiftSettings: swift5),
         .testTarget(name: "TwinIntegrationTests", dependencies: ["TwinStore"], swiftSettings: swift5),
     ]

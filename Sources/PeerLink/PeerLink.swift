@@ -117,7 +117,7 @@ final class Outbox: @unchecked Sendable {
     let epoch: UInt64
     let maxBytes: Int, maxFrames: Int
     private let lock = NSLock()
-    private var bytes = 0, frames = 0, blocked = false
+    private var bytes = 0, frames = 0, blocked = false, flushPending = false
 
     init(channel: Channel, epoch: UInt64, maxBytes: Int, maxFrames: Int) {
         self.channel = channel; self.epoch = epoch; self.maxBytes = maxBytes; self.maxFrames = maxFrames
@@ -137,6 +137,15 @@ final class Outbox: @unchecked Sendable {
         return false
     }
     var queued: (bytes: Int, frames: Int) { lock.lock(); defer { lock.unlock() }; return (bytes, frames) }
+
+    /// One flush for a burst of sends: true if the caller must schedule it (none is pending yet).
+    func needsFlush() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if flushPending { return false }
+        flushPending = true
+        return true
+    }
+    func flushed() { lock.lock(); flushPending = false; lock.unlock() }
 }
 
 struct OutboundItem {
@@ -261,11 +270,16 @@ public final class PeerLink: @unchecked Sendable {
         guard o.reserve(bytes: total, frames: items.count) else { return .queueFull }
         for item in items {
             let size = item.payload.count + FrameLimits.lengthBytes + 1 + FrameLimits.macBytes
-            o.channel.writeAndFlush(item).whenComplete { [weak self] _ in
+            o.channel.write(item).whenComplete { [weak self] _ in
                 if o.release(bytes: size, frames: 1), let self {
                     self.loop.execute { if self.active?.epoch == o.epoch { self.onEvent(.writable(epoch: o.epoch)) } }
                 }
             }
+        }
+        // Writes from one thread reach the loop in order, so a flush submitted after them covers them; a burst of
+        // sends costs one flush (one syscall) instead of one each.
+        if o.needsFlush() {
+            o.channel.eventLoop.execute { o.flushed(); o.channel.flush() }
         }
         lock.lock(); statusValue.messagesSent += 1; lock.unlock()
         return .queued

@@ -287,11 +287,13 @@ public final class PeerLink: @unchecked Sendable {
 
     /// Closes the current connection (the link then reconnects). For tests and operator commands.
     public func dropConnection() {
-        loop.execute { self.active?.closeWith(Refusal(.goingAway, "connection dropped by \(self.config.identity.nodeName)"), linger: false) }
+        loop.execute { self.active?.closeWith(Refusal(.goingAway, "connection dropped by \(self.config.identity.nodeName)"), linger: true) }
     }
 
-    /// Closes everything and stops reconnecting; returns after the last event was delivered. Idempotent.
+    /// Closes everything and stops reconnecting; returns after the last event was delivered. Idempotent. Must not be
+    /// called from an event handler (it waits for the link's loop).
     public func stop() {
+        precondition(!loop.inEventLoop, "PeerLink.stop() called on the link's own event loop (from onEvent?)")
         lock.lock()
         let already = stopCalled
         stopCalled = true
@@ -304,7 +306,7 @@ public final class PeerLink: @unchecked Sendable {
             if let s = self.server { futures.append(s.close().recover { _ in }) ; self.server = nil }
             for h in self.handlers.values {
                 futures.append(h.channelClosed)
-                h.closeWith(Refusal(.goingAway, "node \(self.config.identity.nodeName) is stopping"), as: .stopped, linger: false)
+                h.closeWith(Refusal(.goingAway, "node \(self.config.identity.nodeName) is stopping"), as: .stopped, linger: true)
             }
             return EventLoopFuture.andAllComplete(futures, on: self.loop)
         }
@@ -586,9 +588,11 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         closing = true
         timer?.cancel(); timer = nil
         if !linger { context.close(promise: nil); return }
+        // The timer and the fallback close the channel, not the context: the handler may be gone by then.
+        let channel = context.channel
         let p = context.eventLoop.makePromise(of: Void.self)
         context.close(mode: .output, promise: p)
-        p.futureResult.whenFailure { _ in context.close(promise: nil) }
-        context.eventLoop.scheduleTask(in: .milliseconds(Int64(link.config.lingerMs))) { context.close(promise: nil) }
+        p.futureResult.whenFailure { _ in channel.close(promise: nil) }
+        context.eventLoop.scheduleTask(in: .milliseconds(Int64(link.config.lingerMs))) { channel.close(promise: nil) }
     }
 }

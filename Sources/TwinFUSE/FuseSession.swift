@@ -28,10 +28,14 @@ public final class FuseSession {
         var args = ["twinfs", "-o", kernelOptions.joined(separator: ",")]
         if debug { args.append("-d") }
         argv = args.map { strdup($0) }
-        var fuseArgs = fuse_args(argc: Int32(argv.count), argv: &argv, allocated: 0)
         var ops = FuseAdapter.operations()
         let userdata = Unmanaged.passRetained(adapter).toOpaque()
-        guard let se = fuse_session_new(&fuseArgs, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+        // fuse_args points into argv only for the duration of fuse_session_new, which copies what it keeps.
+        let created = argv.withUnsafeMutableBufferPointer { buffer -> OpaquePointer? in
+            var fuseArgs = fuse_args(argc: Int32(buffer.count), argv: buffer.baseAddress, allocated: 0)
+            return fuse_session_new(&fuseArgs, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata)
+        }
+        guard let se = created else {
             Unmanaged<FuseAdapter>.fromOpaque(userdata).release()
             throw FuseError(description: "libfuse refused the mount options: \(kernelOptions.joined(separator: ","))")
         }

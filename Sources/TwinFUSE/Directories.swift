@@ -39,12 +39,12 @@ extension FuseAdapter {
             var buffer = [CChar](repeating: 0, count: size)
             var used = 0
             var accepted: [UInt64] = []
-            try buffer.withUnsafeMutableBufferPointer { buf in
+            buffer.withUnsafeMutableBufferPointer { buf in
                 for item in listing {
                     var name = item.name
                     name.append(0)
-                    let needed: Int = try name.withUnsafeBufferPointer { namePtr in
-                        try namePtr.baseAddress!.withMemoryRebound(to: CChar.self, capacity: name.count) { cname in
+                    let needed: Int = name.withUnsafeBufferPointer { namePtr in
+                        namePtr.baseAddress!.withMemoryRebound(to: CChar.self, capacity: name.count) { cname in
                             let remaining = size - used
                             let dest = buf.baseAddress! + used
                             if plus {

@@ -87,14 +87,6 @@ public final class Volume: @unchecked Sendable {
         return r
     }
 
-    /// A record as the kernel should see it: with the space its data file really occupies.
-    private func reported(_ record: InodeRecord) -> InodeRecord {
-        guard record.kind == .regular else { return record }
-        var r = record
-        r.allocatedBlocks = store.allocatedBlocks(r.ino)
-        return r
-    }
-
     private func directory(_ ino: UInt64) throws -> InodeRecord {
         let r = try record(ino)
         guard r.isDirectory else { throw FSError.notDirectory }
@@ -176,7 +168,7 @@ public final class Volume: @unchecked Sendable {
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
             let r = try record(ino)
             noteLookup(ino)
-            return reported(r)
+            return r
         }
     }
 
@@ -193,7 +185,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func getattr(_ ino: UInt64) throws -> InodeRecord {
-        try query { reported(try record(ino)) }
+        try query { try record(ino) }
     }
 
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?) throws -> InodeRecord {
@@ -221,7 +213,7 @@ public final class Volume: @unchecked Sendable {
             r.ctime = changes.ctime ?? now
             r.version = try store.nextVersion()
             try store.updateInode(r)
-            return reported(r)
+            return r
         }
     }
 
@@ -238,6 +230,7 @@ public final class Volume: @unchecked Sendable {
         guard ftruncate(fd, off_t(size)) == 0 else { throw FSError.fromErrno() }
         let oldSize = r.size
         r.size = size
+        r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: fd)
         if size < oldSize {
             let firstGone = (size + trackBytes - 1) / trackBytes
             try store.removeTracks(ino: r.ino, from: firstGone)
@@ -317,7 +310,7 @@ public final class Volume: @unchecked Sendable {
             try store.updateInode(r)
             try touchDirectory(&dir, now: now)
             noteLookup(ino)
-            return reported(r)
+            return r
         }
     }
 
@@ -509,10 +502,17 @@ public final class Volume: @unchecked Sendable {
                 if flags & O_EXCL != 0 { throw FSError.exists }
                 var r = try record(existing)
                 guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
-                if flags & O_TRUNC != 0 { try resize(&r, to: 0, handle: nil) }
+                if flags & O_TRUNC != 0 && r.size != 0 {
+                    try resize(&r, to: 0, handle: nil)
+                    let now = Timestamp.now()
+                    r.mtime = now
+                    r.ctime = now
+                    r.version = try store.nextVersion()
+                    try store.updateInode(r)
+                }
                 let fd = try store.openData(existing, create: true)
                 noteLookup(existing)
-                return (reported(r), register(existing, fd: fd, append: flags & O_APPEND != 0))
+                return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
             }
             let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
             let fd = try store.openData(r.ino, create: true)
@@ -574,6 +574,7 @@ public final class Volume: @unchecked Sendable {
             r.ctime = now
             let version = try store.nextVersion()
             r.version = version
+            r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: f.fd)
             try store.setTrackVersions(ino: f.ino, tracks: (offset / trackBytes)...((end - 1) / trackBytes), version: version)
             try store.updateInode(r)
         }
@@ -610,6 +611,7 @@ public final class Volume: @unchecked Sendable {
             let f = try file(handle)
             var r = try record(f.ino)
             guard twin_fallocate(f.fd, mode.rawValue, off_t(offset), off_t(length)) == 0 else { throw FSError.fromErrno() }
+            r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: f.fd)
             let now = Timestamp.now()
             let end = offset + length
             if mode.contains(.punchHole) {
@@ -666,7 +668,7 @@ public final class Volume: @unchecked Sendable {
             let entries = try store.entries(parent: ino, after: max(offset - 2, 0), limit: max(limit - out.count, 1))
             for e in entries {
                 guard let r = try store.inode(e.ino) else { continue }
-                out.append(DirectoryListing(name: e.name, record: plus ? reported(r) : r, nextOffset: e.cookie + 2))
+                out.append(DirectoryListing(name: e.name, record: r, nextOffset: e.cookie + 2))
             }
             return out
         }

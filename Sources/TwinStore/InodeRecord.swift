@@ -59,7 +59,7 @@ public struct InodeRecord: Equatable, Sendable {
     public var version: UInt64
     /// A symlink's target; empty for everything else.
     public var target: [UInt8]
-    /// 512-byte blocks the data file really occupies (holes cost nothing). Read from the data file, never stored.
+    /// 512-byte blocks the data file really occupies (holes cost nothing): a local fact, never mirrored.
     public var allocatedBlocks: UInt64 = 0
 
     public init(

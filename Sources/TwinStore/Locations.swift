@@ -202,6 +202,7 @@ extension Store {
                 let fd = try openData(ino, create: true)
                 defer { Glibc.close(fd) }
                 guard ftruncate(fd, off_t(record.size)) == 0 else { throw FSError.fromErrno() }
+                try setAllocatedBlocks(ino, Store.allocatedBlocks(ofOpenFile: fd))
             }
         case .track(let ino, let index):
             let (offset, length) = trackRange(index)
@@ -218,8 +219,13 @@ extension Store {
                 guard rc == 0 else { throw FSError.fromErrno() }
             }
             try setTrackVersions(ino: ino, tracks: index...index, version: image.version)
+            try setAllocatedBlocks(ino, Store.allocatedBlocks(ofOpenFile: fd))
         }
         return image.version
+    }
+
+    private func setAllocatedBlocks(_ ino: UInt64, _ blocks: UInt64) throws {
+        try database.statement("UPDATE inodes SET blocks = ? WHERE ino = ?").bind(.u64(blocks), .u64(ino)).run()
     }
 
     /// Makes a directory's entries equal to `entries`, keeping the position (cookie) of every unchanged name.

@@ -87,7 +87,8 @@ public final class Store {
         CREATE TABLE inodes(
             ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
             nlink INTEGER NOT NULL, size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
-            ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, version INTEGER NOT NULL, target BLOB NOT NULL);
+            ctime INTEGER NOT NULL, rdev INTEGER NOT NULL, version INTEGER NOT NULL, target BLOB NOT NULL,
+            blocks INTEGER NOT NULL DEFAULT 0);
         CREATE TABLE dirents(
             id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
             UNIQUE(parent, name));
@@ -262,10 +263,11 @@ public final class Store {
 
     static func insert(_ r: InodeRecord, into db: SQLiteDatabase) throws {
         try db.statement(
-            "INSERT INTO inodes(ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, version, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            "INSERT INTO inodes(ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, version, target, blocks) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
         ).bind(
             .u64(r.ino), .u32(r.mode), .u32(r.uid), .u32(r.gid), .u32(r.nlink), .u64(r.size), .int(r.atime.nanoseconds),
-            .int(r.mtime.nanoseconds), .int(r.ctime.nanoseconds), .u64(r.rdev), .u64(r.version), .blob(r.target)
+            .int(r.mtime.nanoseconds), .int(r.ctime.nanoseconds), .u64(r.rdev), .u64(r.version), .blob(r.target),
+            .u64(r.allocatedBlocks)
         ).run()
     }
 
@@ -275,7 +277,7 @@ public final class Store {
 
     public func inode(_ ino: UInt64) throws -> InodeRecord? {
         let s = try database.statement(
-            "SELECT mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, version, target FROM inodes WHERE ino = ?"
+            "SELECT mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, version, target, blocks FROM inodes WHERE ino = ?"
         ).bind(.u64(ino))
         guard try s.step() else { return nil }
         var r = InodeRecord(
@@ -285,15 +287,17 @@ public final class Store {
             version: UInt64(bitPattern: s.int(9)), target: s.blob(10))
         r.mtime = Timestamp(nanoseconds: s.int(6))
         r.ctime = Timestamp(nanoseconds: s.int(7))
+        r.allocatedBlocks = UInt64(bitPattern: s.int(11))
         return r
     }
 
     public func updateInode(_ r: InodeRecord) throws {
         try database.statement(
-            "UPDATE inodes SET mode=?, uid=?, gid=?, nlink=?, size=?, atime=?, mtime=?, ctime=?, rdev=?, version=?, target=? WHERE ino=?"
+            "UPDATE inodes SET mode=?, uid=?, gid=?, nlink=?, size=?, atime=?, mtime=?, ctime=?, rdev=?, version=?, target=?, blocks=? WHERE ino=?"
         ).bind(
             .u32(r.mode), .u32(r.uid), .u32(r.gid), .u32(r.nlink), .u64(r.size), .int(r.atime.nanoseconds),
-            .int(r.mtime.nanoseconds), .int(r.ctime.nanoseconds), .u64(r.rdev), .u64(r.version), .blob(r.target), .u64(r.ino)
+            .int(r.mtime.nanoseconds), .int(r.ctime.nanoseconds), .u64(r.rdev), .u64(r.version), .blob(r.target),
+            .u64(r.allocatedBlocks), .u64(r.ino)
         ).run()
     }
 
@@ -469,10 +473,11 @@ public final class Store {
         return fd
     }
 
-    /// 512-byte blocks the data file of `ino` occupies (0 when it has none).
-    public func allocatedBlocks(_ ino: UInt64) -> UInt64 {
+    /// 512-byte blocks an open data file occupies. Recorded in the inode after every change to the data file,
+    /// so attributes never need the data file (a cold stat would otherwise read two inodes from disk).
+    public static func allocatedBlocks(ofOpenFile fd: Int32) -> UInt64 {
         var st = stat()
-        return fstatat(dataDirFD, Self.dataRelativePath(ino), &st, 0) == 0 ? UInt64(st.st_blocks) : 0
+        return fstat(fd, &st) == 0 ? UInt64(st.st_blocks) : 0
     }
 
     /// Makes every committed metadata change durable (the WAL's frames reach the disk). Safe from any thread:

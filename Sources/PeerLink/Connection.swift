@@ -213,7 +213,16 @@ public struct ConnectionMachine {
         case var .open(o):
             send(o.sealer.seal(FrameType.refuse.rawValue, r.encode()), &out)
             phase = .open(o)
-        case .handshaking, .idle:
+        case var .handshaking(h):
+            // Once this side sent its sealed `ready`, the peer opens the session on reading it and verifies every
+            // later frame: a refusal after that point must be sealed too.
+            if var sealer = h.sealer {
+                send(sealer.seal(FrameType.refuse.rawValue, r.encode()), &out)
+                h.sealer = sealer; phase = .handshaking(h)
+            } else {
+                send(encodeFrame(.refuse, r.encode()), &out)
+            }
+        case .idle:
             send(encodeFrame(.refuse, r.encode()), &out)
         case .closed:
             return

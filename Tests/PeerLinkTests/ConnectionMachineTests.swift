@@ -38,6 +38,13 @@ struct Pair {
         }
     }
 
+    /// Delivers the oldest chunk in flight in one direction.
+    mutating func deliverOne(toB: Bool) {
+        var o: [ConnectionMachine.Output] = []
+        if toB { b.receive(self.toB.removeFirst(), nowUs: nowUs, into: &o); absorb(o, fromA: false) }
+        else { a.receive(toA.removeFirst(), nowUs: nowUs, into: &o); absorb(o, fromA: true) }
+    }
+
     mutating func advance(ms: UInt64) {
         nowUs += ms * 1000
         var oa: [ConnectionMachine.Output] = [], ob: [ConnectionMachine.Output] = []
@@ -177,5 +184,21 @@ final class ConnectionMachineTests: XCTestCase {
         m.receive(encodeFrame(.refuse, Refusal(.busy, "go away\nFAKE LOG LINE").encode()), nowUs: 1, into: &o)
         let r = try XCTUnwrap(refusal(o)?.refusal)
         XCTAssertEqual(r.code, .busy); XCTAssertFalse(r.reason.contains("\n")); XCTAssertTrue(r.reason.hasPrefix("go away"))
+    }
+
+    /// Found by the TCP restart test: a node stopping after it sent `ready` but before the peer's `ready` arrived
+    /// sent its goodbye unsealed, and the peer (already open) saw a forged frame instead of the reason.
+    func testAGoodbyeBetweenOwnReadyAndThePeersReadyIsSealedAndUnderstood() {
+        var p = Pair(testIdentity(node: 1), testIdentity(node: 2))
+        p.deliverOne(toB: true); p.deliverOne(toB: false)      // hellos; each answers with its proof
+        p.deliverOne(toB: true); p.deliverOne(toB: false)      // proofs; each answers with its ready
+        p.deliverOne(toB: true)                                // B reads A's ready: B is open, A is not yet
+        XCTAssertNotNil(established(p.eventsB)); XCTAssertNil(established(p.eventsA))
+        var o: [ConnectionMachine.Output] = []
+        p.a.close(Refusal(.goingAway, "node1 is stopping"), as: .stopped, into: &o)
+        p.absorb(o, fromA: true)
+        p.toA.removeAll()
+        p.pump()
+        XCTAssertEqual(refusal(p.eventsB), .refusedByPeer(Refusal(.goingAway, "node1 is stopping")))
     }
 }

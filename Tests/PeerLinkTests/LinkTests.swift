@@ -281,4 +281,24 @@ final class LinkTests: XCTestCase {
         let s2 = pump(pushes)
         print("loopback: \(Int(Double(acks.count) / s1)) acks/s; 64 KiB pushes: \(Int(Double(pushes.count * 65536) / s2 / 1e6)) MB/s")
     }
+
+    func testAMissingOrShortSecretStopsTheLinkFromStarting() throws {
+        XCTAssertThrowsError(try PeerLinkConfig.readSecret(path: "/nonexistent/twinfs-secret")) {
+            XCTAssertTrue("\($0)".contains("cannot read the secret file"), "\($0)")
+        }
+        let path = NSTemporaryDirectory() + "/peerlink-short-secret-\(getpid())"
+        try Data("short".utf8).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        XCTAssertThrowsError(try PeerLinkConfig.readSecret(path: path)) { XCTAssertTrue("\($0)".contains("5 bytes"), "\($0)") }
+        let weak = LinkIdentity(volumeID: "v", node: NodeID(1), nodeName: "a", secret: [])
+        XCTAssertThrowsError(try PeerLink.start(fastConfig(weak)) { _ in }) { XCTAssertTrue("\($0)".contains("secret"), "\($0)") }
+    }
+
+    func testBackoffDoublesUpToItsCapWithBoundedJitter() {
+        var b = Backoff(initialMs: 100, maxMs: 5_000)
+        let mid: UInt16 = 32768
+        XCTAssertEqual((0..<8).map { _ in b.next(random16: mid) }, [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000])
+        b.reset()
+        XCTAssertEqual(b.next(random16: 0), 80); XCTAssertEqual(b.next(random16: .max), 239)
+    }
 }

@@ -50,7 +50,7 @@ extension FuseAdapter {
                 if toSet & FUSE_SET_ATTR_CTIME != 0 {
                     changes.ctime = Timestamp(seconds: a.st_ctim.tv_sec, nanos: a.st_ctim.tv_nsec)
                 }
-                return try fs.volume.setattr(ino, changes, handle: fi?.pointee.fh)
+                return try fs.volume.setattr(ino, changes, handle: fi?.pointee.fh, caller: FuseAdapter.caller(req))
             }
         }
         ops.statfs = { req, _ in

@@ -71,7 +71,7 @@ extension FuseAdapter {
                 var destination = fdBuffer(fd: target.fd, position: target.offset, size: fuse_buf_size(source))
                 let written = fuse_buf_copy(&destination, source, fuse_buf_copy_flags(rawValue: 0))
                 guard written >= 0 else { throw FSError.fromErrno(Int32(-written)) }
-                try fs.volume.didWrite(handle: handle, offset: target.offset, count: written)
+                try fs.volume.didWrite(handle: handle, offset: target.offset, count: written, caller: FuseAdapter.caller(req))
                 fuse_reply_write(req, written)
             } catch {
                 fuse_reply_err(req, errnoValue(of: error))

@@ -188,17 +188,33 @@ public final class Volume: @unchecked Sendable {
         try query { try record(ino) }
     }
 
-    public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?) throws -> InodeRecord {
+    /// libfuse leaves FUSE_CAP_HANDLE_KILLPRIV on, so the kernel does not clear set-id bits itself: as Linux
+    /// does, a write or truncate by a caller without CAP_FSETID (here: not root) clears set-user-ID, and
+    /// set-group-ID where group execute is set (without it the bit means mandatory locking, not privilege).
+    private func dropPrivilegeBits(_ r: inout InodeRecord, caller: Caller?) {
+        guard r.kind == .regular, let caller, caller.uid != 0 else { return }
+        r.mode &= ~UInt32(S_ISUID)
+        if r.mode & UInt32(S_IXGRP) != 0 { r.mode &= ~UInt32(S_ISGID) }
+    }
+
+    public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?, caller: Caller? = nil) throws -> InodeRecord {
         try mutate {
             var r = try record(ino)
             let now = Timestamp.now()
             if let mode = changes.mode { r.mode = (r.mode & UInt32(S_IFMT)) | (mode & 0o7777) }
+            let ownerChanges = (changes.uid.map { $0 != r.uid } ?? false) || (changes.gid.map { $0 != r.gid } ?? false)
             if let uid = changes.uid { r.uid = uid }
             if let gid = changes.gid { r.gid = gid }
+            if ownerChanges && changes.mode == nil && r.kind == .regular {
+                // chown of a file drops its set-id bits, whoever does it (unless the same call sets the mode).
+                r.mode &= ~UInt32(S_ISUID)
+                if r.mode & UInt32(S_IXGRP) != 0 { r.mode &= ~UInt32(S_ISGID) }
+            }
             if let size = changes.size {
                 guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
                 try resize(&r, to: size, handle: handle)
                 r.mtime = now
+                dropPrivilegeBits(&r, caller: caller)
             }
             switch changes.atime {
             case .now: r.atime = now
@@ -562,13 +578,14 @@ public final class Volume: @unchecked Sendable {
     }
 
     /// Records a completed write of `count` bytes at `offset`: size, times, versions of the inode and its tracks.
-    public func didWrite(handle: UInt64, offset: UInt64, count: Int) throws {
+    public func didWrite(handle: UInt64, offset: UInt64, count: Int, caller: Caller? = nil) throws {
         guard count > 0 else { return }
         try mutate {
             let f = try file(handle)
             var r = try record(f.ino)
             let end = offset + UInt64(count)
             if end > r.size { r.size = end }
+            dropPrivilegeBits(&r, caller: caller)
             let now = Timestamp.now()
             r.mtime = now
             r.ctime = now

@@ -39,6 +39,7 @@ final class Reaper: @unchecked Sendable {
             usleep(Self.gatherUs)
             volume.reapQueued()
             volume.store.emptyTrash()
+            volume.store.replenishReserve()
         }
     }
 }

@@ -99,10 +99,15 @@ public final class Volume: @unchecked Sendable {
     }
 
     /// Runs `body` under the volume lock in one store transaction; SQLite failures become FSErrors.
-    private func mutate<T>(_ body: () throws -> T) throws -> T {
+    /// `freesSpace`: the operation gives space back (unlink, rmdir, rename over, truncate, removexattr), so on a
+    /// full disk it may use the store's reserve to get its own transaction written.
+    private func mutate<T>(freesSpace: Bool = false, _ body: () throws -> T) throws -> T {
         try lock.withLock {
             defer { store.database.releaseStatements() }
             do {
+                if freesSpace {
+                    return try store.withReserveOnFullDisk { try store.database.transaction(body) }
+                }
                 return try store.database.transaction(body)
             } catch let error as SQLiteError {
                 throw FSError.fromSQLite(error)
@@ -151,10 +156,17 @@ public final class Volume: @unchecked Sendable {
             guard !reapQueue.isEmpty else { return }
             let batch = reapQueue
             reapQueue.removeAll()
-            try? store.database.transaction {
-                for ino in batch where !isReferenced(ino) {
-                    if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino) }
+            do {
+                try store.withReserveOnFullDisk {
+                    try store.database.transaction {
+                        for ino in batch where !isReferenced(ino) {
+                            if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino) }
+                        }
+                    }
                 }
+            } catch {
+                // Kept for the next pass (and, failing that, deleted as orphans at the next mount).
+                reapQueue += batch
             }
         }
     }
@@ -198,7 +210,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?, caller: Caller? = nil) throws -> InodeRecord {
-        try mutate {
+        try mutate(freesSpace: changes.size != nil) {
             var r = try record(ino)
             let now = Timestamp.now()
             if let mode = changes.mode { r.mode = (r.mode & UInt32(S_IFMT)) | (mode & 0o7777) }
@@ -353,7 +365,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func unlink(parent: UInt64, name: [UInt8]) throws {
-        try mutate {
+        try mutate(freesSpace: true) {
             var dir = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
             var r = try record(ino)
@@ -366,7 +378,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func rmdir(parent: UInt64, name: [UInt8]) throws {
-        try mutate {
+        try mutate(freesSpace: true) {
             var dir = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
             var r = try record(ino)
@@ -405,7 +417,7 @@ public final class Volume: @unchecked Sendable {
         guard flags.subtracting([.noReplace, .exchange]).isEmpty, !flags.contains([.noReplace, .exchange]) else {
             throw FSError.invalid
         }
-        try mutate {
+        try mutate(freesSpace: true) {
             try checkName(newName)
             var from = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
@@ -562,7 +574,8 @@ public final class Volume: @unchecked Sendable {
             let now = Timestamp.now()
             if r.atime <= r.mtime || r.atime <= r.ctime || now.nanoseconds - r.atime.nanoseconds > Self.relatimeWindowNs {
                 r.atime = now
-                try store.updateInode(r)
+                // Best effort: a read must never fail because its access time could not be recorded (full disk).
+                try? store.updateInode(r)
             }
             return (f.fd, count)
         }
@@ -736,7 +749,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func removexattr(_ ino: UInt64, name: [UInt8]) throws {
-        try mutate {
+        try mutate(freesSpace: true) {
             var r = try record(ino)
             guard try store.removeXattr(ino: ino, name: name) else { throw FSError.noAttribute }
             r.ctime = Timestamp.now()

@@ -195,6 +195,7 @@ public final class Store {
                 try store.removeOrphans()
                 store.emptyTrash()
                 try store.openWAL()
+                store.replenishReserve()
                 store.database.releaseStatements()
             } catch {
                 throw StoreError.corrupt(path: path, detail: "cannot recover: \(error)")
@@ -205,8 +206,16 @@ public final class Store {
 
     private func openWAL() throws {
         // A trivial write makes sure the -wal file exists; its fd is kept so fsync() can make every
-        // committed frame durable without a second transaction.
-        try database.statement("UPDATE counters SET value = value WHERE name = 'lamport'").run()
+        // committed frame durable without a second transaction. On a full disk the reserve makes room for it.
+        do {
+            try withReserveOnFullDisk {
+                try database.statement("UPDATE counters SET value = value WHERE name = 'lamport'").run()
+            }
+        } catch let error as SQLiteError where error.isDiskFull {
+            // A full disk and no reserve left: mount anyway (reads work; writes fail with ENOSPC until space
+            // returns), and find the WAL when there is something to sync.
+            return
+        }
         walFD = Glibc.open("\(root)/meta.db-wal", O_RDWR | O_CLOEXEC)
         if walFD < 0 { throw FSError.fromErrno() }
     }
@@ -321,6 +330,45 @@ public final class Store {
 
     static let trashDirectory = "trash"
 
+    // MARK: space reserve
+
+    /// A file of preallocated space kept in the store. SQLite needs room in its WAL even to delete a row, so on a
+    /// full disk nothing could be removed to make room again; giving this back first lets deletions (and mounting)
+    /// go through. It is made again once the disk has room.
+    static let reserveFile = "reserve"
+    public static let reserveBytes = 8 << 20
+
+    /// Makes the reserve if it is missing and the disk has room for it and as much again.
+    public func replenishReserve() {
+        let path = "\(root)/\(Self.reserveFile)"
+        if access(path, F_OK) == 0 { return }
+        guard let st = try? backingStatistics(), UInt64(st.f_bavail) * UInt64(st.f_frsize) > UInt64(2 * Self.reserveBytes) else { return }
+        let fd = Glibc.open(path + ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let ok = twin_fallocate(fd, 0, 0, off_t(Self.reserveBytes)) == 0
+        Glibc.close(fd)
+        if ok { rename(path + ".tmp", path) } else { unlink(path + ".tmp") }
+    }
+
+    /// Gives the reserve back to the disk; true if there was one.
+    @discardableResult
+    public func releaseReserve() -> Bool {
+        Glibc.unlink("\(root)/\(Self.reserveFile)") == 0
+    }
+
+    /// Runs `body`; if it fails because the disk is full, releases the reserve and runs it once more.
+    public func withReserveOnFullDisk<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as SQLiteError where error.isDiskFull {
+            guard releaseReserve() else { throw error }
+            return try body()
+        } catch FSError.noSpace {
+            guard releaseReserve() else { throw FSError.noSpace }
+            return try body()
+        }
+    }
+
     /// Deletes the data files of deleted inodes. Touches only the data directory, never SQLite: safe to run on
     /// any thread, without the caller's lock. Returns how many files it removed.
     @discardableResult
@@ -349,8 +397,15 @@ public final class Store {
         var orphans: [UInt64] = []
         while try s.step() { orphans.append(UInt64(bitPattern: s.int(0))) }
         guard !orphans.isEmpty else { return }
-        try database.transaction {
-            for ino in orphans { try deleteInode(ino) }
+        do {
+            try withReserveOnFullDisk {
+                try database.transaction {
+                    for ino in orphans { try deleteInode(ino) }
+                }
+            }
+        } catch let error as SQLiteError where error.isDiskFull {
+            // No room even to delete: they stay orphans (invisible, nlink 0) until a mount with space.
+            return
         }
     }
 
@@ -483,6 +538,11 @@ public final class Store {
     /// Makes every committed metadata change durable (the WAL's frames reach the disk). Safe from any thread:
     /// it touches only the WAL's descriptor, never the connection.
     public func syncMetadata() throws {
+        if walFD < 0 {
+            // Opened on a full disk: no WAL then. No WAL now means nothing was committed since the last checkpoint.
+            walFD = Glibc.open("\(root)/meta.db-wal", O_RDWR | O_CLOEXEC)
+            if walFD < 0 { return }
+        }
         if twin_fdatasync(walFD) != 0 { throw FSError.fromErrno() }
     }
 

@@ -117,7 +117,13 @@ public final class MirrorNode {
         case markData(Location, reply: UInt64, epoch: UInt64, gen: UInt64)
     }
     enum WriteKind { case answer(clearsMOOS: Bool), push(durable: Bool), markData(markID: UInt64) }
-    struct PendingWrite { var location: Location; var version: Version; var kind: WriteKind }
+    struct PendingWrite {
+        var location: Location; var version: Version; var kind: WriteKind
+        /// A local write of the location finished while this one was in the store: the store then holds our newer
+        /// data, so this write's completion must not clear OOS (findings 11 and 12: the store can report the
+        /// peer's version as held although our newer write is what the peer lacks).
+        var localWriteSince = false
+    }
     /// Data sent to the peer and not yet acknowledged.
     struct Sent {
         var lastSent: Version?
@@ -419,6 +425,7 @@ public final class MirrorNode {
                 takeover[l] = nil
                 setOOS(l, true)
                 if inFlight.at(l) != nil { inFlight[l]!.gen += 1 }
+                for (t, w) in writes where w.location == l { writes[t]!.localWriteSince = true }
                 enqueuePush(l)
             }
             touch(l, before)
@@ -955,7 +962,8 @@ public final class MirrorNode {
         let l = w.location
         if let n = receiving.at(l) { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
         // Our own unsynced copy is superseded once the store holds the peer's newer version (hazard 4).
-        if stored == w.version && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
+        // Not if a local write finished meanwhile: that write set OOS for data the peer has never seen.
+        if stored == w.version && !w.localWriteSince && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
         switch w.kind {
         case .answer(let clears):
             if clears { pulls[l] = nil }

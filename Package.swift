@@ -25,7 +25,7 @@ let package = Package(
         // Release builds skip dynamic exclusivity checks in the core (its hot path is class-property access).
         .target(name: "MirrorCore", swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]),
         .target(name: "TwinStore", dependencies: ["CSQLite", "CLinuxShims"], swiftSettings: swift5),
-        .target(name: "TwinNode", dependencies: ["TwinStore", "CLinuxShims"], swiftSettings: swift5),
+        .target(name: "TwinNode", dependencies: ["TwinStore", "CLinuxShims", "MirrorCore"], swiftSettings: swift5),
         .target(name: "TwinFUSE", dependencies: ["CFuse3", "CLinuxShims", "TwinNode", "TwinStore"], swiftSettings: swift5),
         .target(name: "TwinSim", dependencies: ["MirrorCore"]),
         .target(
@@ -38,7 +38,7 @@ let package = Package(
         .executableTarget(
             name: "twinfs",
             dependencies: [
-                "TwinFUSE", "TwinNode", "TwinStore",
+                "TwinFUSE", "TwinNode", "TwinStore", "PeerLink", "MirrorCore", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swift5),

@@ -24,6 +24,7 @@ extension FSError {
         case .tooManyLinks: return EMLINK
         case .fileTooBig: return EFBIG
         case .crossDevice: return EXDEV
+        case .mirror: return EIO
         case .system(let code): return code
         }
     }

@@ -51,13 +51,15 @@ extension FuseAdapter {
             let fs = FuseAdapter.from(req)
             do {
                 guard let fi, offset >= 0 else { throw FSError.invalid }
-                let source = try fs.volume.readSource(handle: fi.pointee.fh, offset: UInt64(offset), size: size)
-                if source.count == 0 {
-                    fuse_reply_buf(req, nil, 0)
-                    return
+                // The reply is sent while the read's locations are held: the peer cannot change them mid-splice.
+                try fs.volume.withReadSource(handle: fi.pointee.fh, offset: UInt64(offset), size: size) { source in
+                    if source.count == 0 {
+                        fuse_reply_buf(req, nil, 0)
+                        return
+                    }
+                    var buffer = fdBuffer(fd: source.fd, position: UInt64(offset), size: source.count)
+                    fuse_reply_data(req, &buffer, FUSE_BUF_SPLICE_MOVE)
                 }
-                var buffer = fdBuffer(fd: source.fd, position: UInt64(offset), size: source.count)
-                fuse_reply_data(req, &buffer, FUSE_BUF_SPLICE_MOVE)
             } catch {
                 fuse_reply_err(req, errnoValue(of: error))
             }
@@ -67,11 +69,15 @@ extension FuseAdapter {
             do {
                 guard let fi, let source, offset >= 0 else { throw FSError.invalid }
                 let handle = fi.pointee.fh
-                let target = try fs.volume.writeTarget(handle: handle, offset: UInt64(offset))
-                var destination = fdBuffer(fd: target.fd, position: target.offset, size: fuse_buf_size(source))
-                let written = fuse_buf_copy(&destination, source, fuse_buf_copy_flags(rawValue: 0))
-                guard written >= 0 else { throw FSError.fromErrno(Int32(-written)) }
-                try fs.volume.didWrite(handle: handle, offset: target.offset, count: written, caller: FuseAdapter.caller(req))
+                let size = fuse_buf_size(source)
+                let written = try fs.volume.withWriteTarget(
+                    handle: handle, offset: UInt64(offset), count: size, caller: FuseAdapter.caller(req)
+                ) { fd, position in
+                    var destination = fdBuffer(fd: fd, position: position, size: size)
+                    let n = fuse_buf_copy(&destination, source, fuse_buf_copy_flags(rawValue: 0))
+                    guard n >= 0 else { throw FSError.fromErrno(Int32(-n)) }
+                    return n
+                }
                 fuse_reply_write(req, written)
             } catch {
                 fuse_reply_err(req, errnoValue(of: error))

@@ -12,6 +12,18 @@ public struct MountOptions: Sendable {
     /// the mirror invalidates explicitly before a peer may write.
     public var attrTimeoutSeconds: Double = 1.0
     public var entryTimeoutSeconds: Double = 1.0
+    /// A mirrored volume: the peer may change any location once this node grants its mark, so the kernel keeps
+    /// no names or attributes (every lookup and stat asks the daemon, which consults the bitmaps) and page-cache
+    /// contents are checked against mtime on each read (auto_inval_data). No readdirplus: a listing must not
+    /// hand out attributes of records that have not been pulled.
+    public var mirrored = false {
+        didSet {
+            if mirrored {
+                attrTimeoutSeconds = 0
+                entryTimeoutSeconds = 0
+            }
+        }
+    }
     public init() {}
 }
 
@@ -119,6 +131,9 @@ extension FuseAdapter {
             | UInt32(FUSE_CAP_READDIRPLUS_AUTO) | UInt32(FUSE_CAP_PARALLEL_DIROPS) | UInt32(FUSE_CAP_ASYNC_READ)
             | UInt32(FUSE_CAP_AUTO_INVAL_DATA)
         conn.pointee.want |= wanted & conn.pointee.capable
+        if options.mirrored {
+            conn.pointee.want &= ~(UInt32(FUSE_CAP_READDIRPLUS) | UInt32(FUSE_CAP_READDIRPLUS_AUTO))
+        }
         // No writeback cache: the daemon must see every write when it happens, so the mirror can order it.
         conn.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
     }

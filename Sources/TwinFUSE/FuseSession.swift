@@ -53,6 +53,12 @@ public final class FuseSession {
         mounted = true
     }
 
+    /// Drops the kernel's cached attributes of `ino` (and so, through auto_inval_data, its stale pages on the
+    /// next read). Never blocks on a page or inode lock, so the mirror's executor may call it at any time.
+    public func invalidateAttributes(_ ino: UInt64) {
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+    }
+
     /// Serves requests until `fusermount3 -u`, SIGTERM, SIGINT or SIGHUP. Returns after unmounting.
     public func run(maxThreads: Int = 16) -> Int32 {
         let config = fuse_loop_cfg_create()

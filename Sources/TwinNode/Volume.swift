@@ -71,7 +71,11 @@ public final class Volume: @unchecked Sendable {
     private var unlinkedButReferenced: Set<UInt64> = []
     private var reapQueue: [UInt64] = []
     private let reaper = Reaper()
-    private let walSyncer = WALSyncer()
+    let walSyncer = WALSyncer()
+    /// The mirror this volume's operations go through (nil: a store without a peer).
+    var mirror: MirrorShell?
+    /// fsync returns only once the peer holds the data durably too (`-o fsync=mirror`, the default).
+    public var fsyncMirror = true
 
     public init(store: Store) {
         self.store = store
@@ -101,8 +105,8 @@ public final class Volume: @unchecked Sendable {
     /// Runs `body` under the volume lock in one store transaction; SQLite failures become FSErrors.
     /// `freesSpace`: the operation gives space back (unlink, rmdir, rename over, truncate, removexattr), so on a
     /// full disk it may use the store's reserve to get its own transaction written.
-    private func mutate<T>(freesSpace: Bool = false, _ body: () throws -> T) throws -> T {
-        try lock.withLock {
+    func mutate<T>(freesSpace: Bool = false, plan: () throws -> Plan = { Plan() }, _ body: () throws -> T) throws -> T {
+        try guarded(plan) { try lock.withLock {
             defer { store.database.releaseStatements() }
             do {
                 if freesSpace {
@@ -112,24 +116,39 @@ public final class Volume: @unchecked Sendable {
             } catch let error as SQLiteError {
                 throw FSError.fromSQLite(error)
             }
-        }
+        } }
     }
 
-    private func query<T>(_ body: () throws -> T) throws -> T {
-        try lock.withLock {
+    func query<T>(plan: () throws -> Plan = { Plan() }, _ body: () throws -> T) throws -> T {
+        try guarded(plan) { try lock.withLock {
             defer { store.database.releaseStatements() }
             do {
                 return try body()
             } catch let error as SQLiteError {
                 throw FSError.fromSQLite(error)
             }
+        } }
+    }
+
+    /// An inode number chosen before the operation, so the mirror can mark the new record first.
+    private func reserveInode() throws -> UInt64? {
+        guard mirror != nil else { return nil }
+        return try query { try store.allocateInodeNumber() }
+    }
+
+    private func creationPlan(parent: UInt64, ino: UInt64?) -> Plan {
+        var p = Plan.writing(parent)
+        if let ino {
+            p.write(.inode(ino), full: true)
+            p.hint.nextInodes = (1...8).map { ino &+ $0 }
         }
+        return p
     }
 
     private func touchDirectory(_ dir: inout InodeRecord, now: Timestamp) throws {
         dir.mtime = now
         dir.ctime = now
-        dir.version = try store.nextVersion()
+        dir.version = try store.version(for: .inode(dir.ino))
         try store.updateInode(dir)
     }
 
@@ -160,7 +179,7 @@ public final class Volume: @unchecked Sendable {
                 try store.withReserveOnFullDisk {
                     try store.database.transaction {
                         for ino in batch where !isReferenced(ino) {
-                            if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino) }
+                            if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino, version: store.nextVersion()) }
                         }
                     }
                 }
@@ -174,7 +193,11 @@ public final class Volume: @unchecked Sendable {
     // MARK: lookup and attributes
 
     public func lookup(parent: UInt64, name: [UInt8]) throws -> InodeRecord {
-        try query {
+        try query(plan: {
+            var p = Plan.reading(parent)
+            if let child = peekChild(parent, name) { p.read(.inode(child)) }
+            return p
+        }) {
             guard name.count <= Self.maxNameBytes else { throw FSError.nameTooLong }
             _ = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
@@ -197,7 +220,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func getattr(_ ino: UInt64) throws -> InodeRecord {
-        try query { try record(ino) }
+        try query(plan: { .reading(ino) }) { try record(ino) }
     }
 
     /// libfuse leaves FUSE_CAP_HANDLE_KILLPRIV on, so the kernel does not clear set-id bits itself: as Linux
@@ -210,7 +233,11 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?, caller: Caller? = nil) throws -> InodeRecord {
-        try mutate(freesSpace: changes.size != nil) {
+        try mutate(freesSpace: changes.size != nil, plan: {
+            var p = Plan.writing(ino)
+            if let size = changes.size, let r = peekRecord(ino) { addResize(&p, ino: ino, from: r.size, to: size) }
+            return p
+        }) {
             var r = try record(ino)
             let now = Timestamp.now()
             if let mode = changes.mode { r.mode = (r.mode & UInt32(S_IFMT)) | (mode & 0o7777) }
@@ -239,7 +266,7 @@ public final class Volume: @unchecked Sendable {
             case nil: break
             }
             r.ctime = changes.ctime ?? now
-            r.version = try store.nextVersion()
+            r.version = try store.version(for: .inode(r.ino))
             try store.updateInode(r)
             return r
         }
@@ -259,18 +286,24 @@ public final class Volume: @unchecked Sendable {
         let oldSize = r.size
         r.size = size
         r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: fd)
-        if size < oldSize {
+        if store.mirrored {
+            // Every track between the old and the new end changed (dropped, or exposed as zeros): each gets a
+            // new version, so the peer's copy of them follows even if it never sees this size.
+            if size != oldSize {
+                try store.stampTracks(ino: r.ino, tracks: (min(size, oldSize) / trackBytes)...((max(size, oldSize) - 1) / trackBytes))
+            }
+        } else if size < oldSize {
             let firstGone = (size + trackBytes - 1) / trackBytes
             try store.removeTracks(ino: r.ino, from: firstGone)
             if size % trackBytes != 0 {
                 // The last track changed (its tail is now zeros): a new version of that location.
-                try store.setTrackVersions(ino: r.ino, tracks: (size / trackBytes)...(size / trackBytes), version: try store.nextVersion())
+                try store.stampTracks(ino: r.ino, tracks: (size / trackBytes)...(size / trackBytes))
             }
         }
     }
 
     public func readlink(_ ino: UInt64) throws -> [UInt8] {
-        try query {
+        try query(plan: { .reading(ino) }) {
             let r = try record(ino)
             guard r.kind == .symlink else { throw FSError.invalid }
             return r.target
@@ -280,7 +313,7 @@ public final class Volume: @unchecked Sendable {
     // MARK: creating names
 
     /// Creates a new inode named `name` in `parent`; the caller's ids own it (setgid directories pass on their gid).
-    private func makeNode(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller, rdev: UInt64 = 0, target: [UInt8] = []) throws -> InodeRecord {
+    private func makeNode(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller, rdev: UInt64 = 0, target: [UInt8] = [], ino: UInt64? = nil) throws -> InodeRecord {
         try checkName(name)
         var dir = try directory(parent)
         guard try store.lookup(parent: parent, name: name) == nil else { throw FSError.exists }
@@ -295,9 +328,10 @@ public final class Volume: @unchecked Sendable {
         if isDir {
             guard dir.nlink < Self.linkMax else { throw FSError.tooManyLinks }
         }
+        let ino = try ino ?? store.allocateInodeNumber()
         let r = InodeRecord(
-            ino: try store.allocateInodeNumber(), mode: finalMode, uid: caller.uid, gid: gid, nlink: isDir ? 2 : 1,
-            size: UInt64(target.count), time: now, rdev: rdev, version: try store.nextVersion(), target: target)
+            ino: ino, mode: finalMode, uid: caller.uid, gid: gid, nlink: isDir ? 2 : 1,
+            size: UInt64(target.count), time: now, rdev: rdev, version: try store.version(for: .inode(ino)), target: target)
         try store.insertInode(r)
         try store.insertEntry(parent: parent, name: name, ino: r.ino)
         if isDir { dir.nlink += 1 }
@@ -308,21 +342,30 @@ public final class Volume: @unchecked Sendable {
 
     public func mknod(parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) throws -> InodeRecord {
         guard let kind = FileKind(mode: mode), kind != .directory, kind != .symlink else { throw FSError.invalid }
-        return try mutate { try makeNode(parent: parent, name: name, mode: mode, caller: caller, rdev: rdev) }
+        let ino = try reserveInode()
+        return try mutate(plan: { creationPlan(parent: parent, ino: ino) }) {
+            try makeNode(parent: parent, name: name, mode: mode, caller: caller, rdev: rdev, ino: ino)
+        }
     }
 
     public func mkdir(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller) throws -> InodeRecord {
-        try mutate { try makeNode(parent: parent, name: name, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
+        let ino = try reserveInode()
+        return try mutate(plan: { creationPlan(parent: parent, ino: ino) }) {
+            try makeNode(parent: parent, name: name, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller, ino: ino)
+        }
     }
 
     public func symlink(target: [UInt8], parent: UInt64, name: [UInt8], caller: Caller) throws -> InodeRecord {
         guard !target.isEmpty else { throw FSError.notFound }
         guard target.count <= Self.maxSymlinkBytes else { throw FSError.nameTooLong }
-        return try mutate { try makeNode(parent: parent, name: name, mode: UInt32(S_IFLNK) | 0o777, caller: caller, target: target) }
+        let ino = try reserveInode()
+        return try mutate(plan: { creationPlan(parent: parent, ino: ino) }) {
+            try makeNode(parent: parent, name: name, mode: UInt32(S_IFLNK) | 0o777, caller: caller, target: target, ino: ino)
+        }
     }
 
     public func link(_ ino: UInt64, newParent: UInt64, newName: [UInt8]) throws -> InodeRecord {
-        try mutate {
+        try mutate(plan: { .writing(ino, newParent) }) {
             try checkName(newName)
             var r = try record(ino)
             guard !r.isDirectory else { throw FSError.notPermitted }
@@ -334,7 +377,7 @@ public final class Volume: @unchecked Sendable {
             try store.insertEntry(parent: newParent, name: newName, ino: ino)
             r.nlink += 1
             r.ctime = now
-            r.version = try store.nextVersion()
+            r.version = try store.version(for: .inode(r.ino))
             try store.updateInode(r)
             try touchDirectory(&dir, now: now)
             noteLookup(ino)
@@ -352,7 +395,7 @@ public final class Volume: @unchecked Sendable {
             r.nlink -= 1
         }
         r.ctime = now
-        r.version = try store.nextVersion()
+        r.version = try store.version(for: .inode(r.ino))
         try store.updateInode(r)
         guard r.nlink == 0 else { return }
         if isReferenced(r.ino) {
@@ -365,7 +408,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func unlink(parent: UInt64, name: [UInt8]) throws {
-        try mutate(freesSpace: true) {
+        try mutate(freesSpace: true, plan: { removalPlan(parent, name) }) {
             var dir = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
             var r = try record(ino)
@@ -378,7 +421,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func rmdir(parent: UInt64, name: [UInt8]) throws {
-        try mutate(freesSpace: true) {
+        try mutate(freesSpace: true, plan: { removalPlan(parent, name) }) {
             var dir = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
             var r = try record(ino)
@@ -390,6 +433,12 @@ public final class Volume: @unchecked Sendable {
             try touchDirectory(&dir, now: now)
             try dropLink(&r, now: now)
         }
+    }
+
+    private func removalPlan(_ parent: UInt64, _ name: [UInt8]) -> Plan {
+        var p = Plan.writing(parent)
+        if let child = peekChild(parent, name) { p.write(.inode(child)) }
+        return p
     }
 
     public struct RenameFlags: OptionSet, Sendable {
@@ -417,7 +466,12 @@ public final class Volume: @unchecked Sendable {
         guard flags.subtracting([.noReplace, .exchange]).isEmpty, !flags.contains([.noReplace, .exchange]) else {
             throw FSError.invalid
         }
-        try mutate(freesSpace: true) {
+        try mutate(freesSpace: true, plan: {
+            var p = Plan.writing(parent, newParent)
+            if let moved = peekChild(parent, name) { p.write(.inode(moved)) }
+            if let replaced = peekChild(newParent, newName) { p.write(.inode(replaced)) }
+            return p
+        }) {
             try checkName(newName)
             var from = try directory(parent)
             guard let ino = try store.lookup(parent: parent, name: name) else { throw FSError.notFound }
@@ -446,7 +500,7 @@ public final class Volume: @unchecked Sendable {
                 try touchDirectory(&from, now: now)
                 for var r in [moved, swapped] {
                     r.ctime = now
-                    r.version = try store.nextVersion()
+                    r.version = try store.version(for: .inode(r.ino))
                     try store.updateInode(r)
                 }
                 return
@@ -486,7 +540,7 @@ public final class Volume: @unchecked Sendable {
             }
             try touchDirectory(&from, now: now)
             moved.ctime = now
-            moved.version = try store.nextVersion()
+            moved.version = try store.version(for: .inode(moved.ino))
             try store.updateInode(moved)
         }
     }
@@ -502,7 +556,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func open(_ ino: UInt64, flags: Int32) throws -> UInt64 {
-        try mutate {
+        try mutate(plan: { truncationPlan(ino, flags: flags) }) {
             var r = try record(ino)
             guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
             let fd = try store.openData(ino, create: true)
@@ -516,15 +570,28 @@ public final class Volume: @unchecked Sendable {
                 let now = Timestamp.now()
                 r.mtime = now
                 r.ctime = now
-                r.version = try store.nextVersion()
+                r.version = try store.version(for: .inode(r.ino))
                 try store.updateInode(r)
             }
             return register(ino, fd: fd, append: flags & O_APPEND != 0)
         }
     }
 
+    private func truncationPlan(_ ino: UInt64, flags: Int32) -> Plan {
+        guard flags & O_TRUNC != 0 else { return .reading(ino) }
+        var p = Plan.writing(ino)
+        if let r = peekRecord(ino) { addResize(&p, ino: ino, from: r.size, to: 0) }
+        return p
+    }
+
     public func create(parent: UInt64, name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) throws -> (InodeRecord, UInt64) {
-        try mutate {
+        let ino = try reserveInode()
+        return try mutate(plan: {
+            guard let existing = peekChild(parent, name) else { return creationPlan(parent: parent, ino: ino) }
+            var p = truncationPlan(existing, flags: flags)
+            p.read(.inode(parent))
+            return p
+        }) {
             if let existing = try store.lookup(parent: parent, name: name) {
                 // The kernel normally resolves this with lookup first; honour O_EXCL if it races.
                 if flags & O_EXCL != 0 { throw FSError.exists }
@@ -535,14 +602,14 @@ public final class Volume: @unchecked Sendable {
                     let now = Timestamp.now()
                     r.mtime = now
                     r.ctime = now
-                    r.version = try store.nextVersion()
+                    r.version = try store.version(for: .inode(r.ino))
                     try store.updateInode(r)
                 }
                 let fd = try store.openData(existing, create: true)
                 noteLookup(existing)
                 return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
             }
-            let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
+            let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller, ino: ino)
             let fd = try store.openData(r.ino, create: true)
             return (r, register(r.ino, fd: fd, append: flags & O_APPEND != 0))
         }
@@ -559,7 +626,7 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
-    private func file(_ handle: UInt64) throws -> OpenFile {
+    func file(_ handle: UInt64) throws -> OpenFile {
         guard let f = handles[handle] else { throw FSError.badHandle }
         return f
     }
@@ -602,10 +669,9 @@ public final class Volume: @unchecked Sendable {
             let now = Timestamp.now()
             r.mtime = now
             r.ctime = now
-            let version = try store.nextVersion()
-            r.version = version
+            r.version = try store.version(for: .inode(r.ino))
             r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: f.fd)
-            try store.setTrackVersions(ino: f.ino, tracks: (offset / trackBytes)...((end - 1) / trackBytes), version: version)
+            try store.stampTracks(ino: f.ino, tracks: (offset / trackBytes)...((end - 1) / trackBytes))
             try store.updateInode(r)
         }
     }
@@ -620,6 +686,7 @@ public final class Volume: @unchecked Sendable {
         if let fd, twin_fdatasync(fd) != 0 { dataError = FSError.fromErrno() }
         try walSyncer.wait(ticket)
         if let dataError { throw dataError }
+        try flushToPeer(ino)
     }
 
     public func fsyncDirectory() throws {
@@ -637,7 +704,15 @@ public final class Volume: @unchecked Sendable {
         guard mode.subtracting([.keepSize, .punchHole]).isEmpty else { throw FSError.notSupported }
         if mode.contains(.punchHole) && !mode.contains(.keepSize) { throw FSError.notSupported }
         guard length > 0 else { throw FSError.invalid }
-        try mutate {
+        try mutate(plan: {
+            guard let ino = try? query({ try file(handle).ino }) else { return Plan() }
+            var p = Plan.writing(ino)
+            addWrite(&p, ino: ino, offset: offset, count: length)
+            if let r = peekRecord(ino), offset + length > r.size, !mode.contains(.keepSize) {
+                addResize(&p, ino: ino, from: r.size, to: offset + length)
+            }
+            return p
+        }) {
             let f = try file(handle)
             var r = try record(f.ino)
             guard twin_fallocate(f.fd, mode.rawValue, off_t(offset), off_t(length)) == 0 else { throw FSError.fromErrno() }
@@ -647,7 +722,7 @@ public final class Volume: @unchecked Sendable {
             if mode.contains(.punchHole) {
                 let last = min(end, r.size)
                 if offset < last {
-                    try store.setTrackVersions(ino: f.ino, tracks: (offset / trackBytes)...((last - 1) / trackBytes), version: try store.nextVersion())
+                    try store.stampTracks(ino: f.ino, tracks: (offset / trackBytes)...((last - 1) / trackBytes))
                 }
                 r.mtime = now
             } else if !mode.contains(.keepSize), end > r.size {
@@ -655,7 +730,7 @@ public final class Volume: @unchecked Sendable {
                 r.mtime = now
             }
             r.ctime = now
-            r.version = try store.nextVersion()
+            r.version = try store.version(for: .inode(r.ino))
             try store.updateInode(r)
         }
     }
@@ -663,7 +738,7 @@ public final class Volume: @unchecked Sendable {
     public enum SeekWhence: Sendable { case data, hole }
 
     public func seek(handle: UInt64, offset: UInt64, whence: SeekWhence) throws -> UInt64 {
-        try query {
+        try query(plan: { (try? query({ try file(handle).ino })).map { Plan.reading($0) } ?? Plan() }) {
             let f = try file(handle)
             let size = try record(f.ino).size
             guard offset < size else { throw FSError.system(ENXIO) }
@@ -680,13 +755,13 @@ public final class Volume: @unchecked Sendable {
     // MARK: directories
 
     public func opendir(_ ino: UInt64) throws {
-        _ = try query { try directory(ino) }
+        _ = try query(plan: { .reading(ino) }) { try directory(ino) }
     }
 
     /// Entries after `offset` (0 = start; 1 and 2 are "." and ".."), at most `limit` of them.
     /// With `plus`, each returned entry other than "." and ".." counts as a lookup.
     public func readdir(_ ino: UInt64, offset: Int64, limit: Int, plus: Bool) throws -> [DirectoryListing] {
-        try query {
+        try query(plan: { .reading(ino) }) {
             let dir = try directory(ino)
             var out: [DirectoryListing] = []
             if offset < 1 { out.append(DirectoryListing(name: Array(".".utf8), record: dir, nextOffset: 1)) }
@@ -697,7 +772,12 @@ public final class Volume: @unchecked Sendable {
             }
             let entries = try store.entries(parent: ino, after: max(offset - 2, 0), limit: max(limit - out.count, 1))
             for e in entries {
-                guard let r = try store.inode(e.ino) else { continue }
+                guard let r = try store.inode(e.ino) else {
+                    // Mirrored: the peer's new inode is named here before its record arrives (the record is
+                    // pulled on lookup). Its kind is not known yet, which readdir may say (DT_UNKNOWN).
+                    if mirror != nil && !plus { out.append(DirectoryListing(name: e.name, record: InodeRecord(unknownKind: e.ino), nextOffset: e.cookie + 2)) }
+                    continue
+                }
                 out.append(DirectoryListing(name: e.name, record: r, nextOffset: e.cookie + 2))
             }
             return out
@@ -721,20 +801,20 @@ public final class Volume: @unchecked Sendable {
     public func setxattr(_ ino: UInt64, name: [UInt8], value: [UInt8], create: Bool, replace: Bool) throws {
         try checkXattrName(name)
         guard value.count <= Self.maxXattrValueBytes else { throw FSError.system(E2BIG) }
-        try mutate {
+        try mutate(plan: { .writing(ino) }) {
             var r = try record(ino)
             let exists = try store.xattr(ino: ino, name: name) != nil
             if create && exists { throw FSError.exists }
             if replace && !exists { throw FSError.noAttribute }
             try store.setXattr(ino: ino, name: name, value: value)
             r.ctime = Timestamp.now()
-            r.version = try store.nextVersion()
+            r.version = try store.version(for: .inode(r.ino))
             try store.updateInode(r)
         }
     }
 
     public func getxattr(_ ino: UInt64, name: [UInt8]) throws -> [UInt8] {
-        try query {
+        try query(plan: { .reading(ino) }) {
             _ = try record(ino)
             guard let value = try store.xattr(ino: ino, name: name) else { throw FSError.noAttribute }
             return value
@@ -742,18 +822,18 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func listxattr(_ ino: UInt64) throws -> [[UInt8]] {
-        try query {
+        try query(plan: { .reading(ino) }) {
             _ = try record(ino)
             return try store.xattrNames(ino: ino)
         }
     }
 
     public func removexattr(_ ino: UInt64, name: [UInt8]) throws {
-        try mutate(freesSpace: true) {
+        try mutate(freesSpace: true, plan: { .writing(ino) }) {
             var r = try record(ino)
             guard try store.removeXattr(ino: ino, name: name) else { throw FSError.noAttribute }
             r.ctime = Timestamp.now()
-            r.version = try store.nextVersion()
+            r.version = try store.version(for: .inode(r.ino))
             try store.updateInode(r)
         }
     }

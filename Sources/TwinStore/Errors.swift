@@ -48,6 +48,9 @@ public enum FSError: Error, Equatable, CustomStringConvertible {
     case tooManyLinks
     case fileTooBig
     case crossDevice
+    /// The mirror could not serve the operation (peer unreachable past the timeout, daemon stopping): EIO,
+    /// never stale data (DESIGN G4).
+    case mirror(String)
     /// An error a syscall on the backing store reported, carried through unchanged.
     case system(Int32)
 

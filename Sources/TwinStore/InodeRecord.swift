@@ -80,6 +80,12 @@ public struct InodeRecord: Equatable, Sendable {
         self.target = target
     }
 
+    /// A placeholder for a directory listing: an inode known by number whose record is not here yet (mode 0
+    /// reads as DT_UNKNOWN).
+    public init(unknownKind ino: UInt64) {
+        self.init(ino: ino, mode: 0, uid: 0, gid: 0, nlink: 1, time: Timestamp(nanoseconds: 0))
+    }
+
     public var kind: FileKind { FileKind(mode: mode) ?? .regular }
     public var isDirectory: Bool { kind == .directory }
     public var permissions: UInt32 { mode & 0o7777 }

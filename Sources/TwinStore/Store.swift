@@ -28,13 +28,20 @@ public final class Store {
     private var nextInodeSequence: UInt64 = 0
     private var reservedInodeSequence: UInt64 = 0
     private var lamport: UInt64 = 0
+    /// Set while a mirror runs this store: every version must then come from a grant's stamps.
+    public var mirrored = false
+    /// Versions granted to the operations running now (their write locations are disjoint); see `version(for:)`.
+    public var stamps: [StoreLocation: UInt64] = [:]
+    public var stampsUsed: Set<StoreLocation> = []
+    /// Writes that found no stamp under a mirror (a location missing from an operation's plan: a bug to report).
+    public internal(set) var unstampedWrites = 0
     private var reservedLamport: UInt64 = 0
 
     // MARK: create
 
     /// Creates a new store at `path` (which must not exist, or be an empty directory).
     @discardableResult
-    public static func create(at path: String, nodeName: String, trackBytes: Int, nodeIndex: UInt16? = nil) throws -> StoreIdentity {
+    public static func create(at path: String, nodeName: String, trackBytes: Int, nodeIndex: UInt16? = nil, pairing: Pairing? = nil, volumeID: String? = nil) throws -> StoreIdentity {
         try StoreIdentity.validateTrackBytes(trackBytes)
         try StoreIdentity.validateNodeName(nodeName)
         let fm = FileManager.default
@@ -49,7 +56,8 @@ public final class Store {
             }
         }
         let index = nodeIndex ?? UInt16.random(in: 1...0xFFFE)
-        let identity = StoreIdentity(volumeID: UUID().uuidString.lowercased(), nodeName: nodeName, nodeIndex: index, trackBytes: trackBytes)
+        var identity = StoreIdentity(volumeID: volumeID ?? UUID().uuidString.lowercased(), nodeName: nodeName, nodeIndex: index, trackBytes: trackBytes)
+        identity.pairing = pairing
         do {
             let data = "\(path)/data"
             try fm.createDirectory(atPath: data, withIntermediateDirectories: false)
@@ -61,10 +69,11 @@ public final class Store {
             try configure(db)
             try db.transaction {
                 try db.execute(schemaSQL)
+                try db.execute(mirrorSchemaSQL)
                 let now = Timestamp.now()
                 let rootRecord = InodeRecord(
                     ino: InodeRecord.rootIno, mode: UInt32(S_IFDIR) | 0o755, uid: getuid(), gid: getgid(), nlink: 2, time: now,
-                    version: (1 << 16) | UInt64(index))
+                    version: 0)  // never written: older than every version either node stamps
                 try insert(rootRecord, into: db)
                 try db.statement("INSERT INTO counters(name, value) VALUES ('inode_seq', 1), ('lamport', 2)").run()
                 try db.execute("PRAGMA user_version = \(schemaVersion)")
@@ -192,6 +201,7 @@ public final class Store {
         if !readOnly {
             do {
                 try store.loadCounters()
+                try store.prepareMirrorState()
                 try store.removeOrphans()
                 store.emptyTrash()
                 try store.openWAL()
@@ -313,7 +323,7 @@ public final class Store {
     /// Deletes an inode with everything it owns: record, xattrs, track versions, data file. A tombstone keeps the
     /// deletion's version, so an older copy of the inode arriving later cannot bring it back (DESIGN hazard 4).
     public func deleteInode(_ ino: UInt64, version: UInt64? = nil) throws {
-        let tombstone = try version ?? nextVersion()
+        let tombstone = try version ?? self.version(for: .inode(ino))
         try database.statement("INSERT OR REPLACE INTO tombstones(ino, version) VALUES (?, ?)").bind(.u64(ino), .u64(tombstone)).run()
         try database.statement("DELETE FROM inodes WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM xattrs WHERE ino = ?").bind(.u64(ino)).run()

@@ -14,6 +14,8 @@ public struct StoreIdentity: Equatable, Sendable {
     /// so two nodes never allocate the same inode number.
     public var nodeIndex: UInt16
     public var trackBytes: Int
+    /// Where this node listens for its peer and where it finds it; nil for a store that is not part of a pair.
+    public var pairing: Pairing?
 
     public static let minTrackBytes = 4096
     public static let maxTrackBytes = 1 << 20
@@ -48,7 +50,7 @@ public struct StoreIdentity: Equatable, Sendable {
         node = \(nodeName)
         node-index = \(nodeIndex)
         track-bytes = \(trackBytes)
-
+        \(pairing.map { "listen = \($0.listen)\npeer = \($0.peer)\n" } ?? "")
         """
     }
 
@@ -78,7 +80,48 @@ public struct StoreIdentity: Equatable, Sendable {
         else {
             throw StoreError.corrupt(path: path, detail: "\(fileName) has missing or invalid fields")
         }
-        return StoreIdentity(format: format, volumeID: volume, nodeName: node, nodeIndex: index, trackBytes: track)
+        var identity = StoreIdentity(format: format, volumeID: volume, nodeName: node, nodeIndex: index, trackBytes: track)
+        if let listen = fields["listen"], let peer = fields["peer"] {
+            guard let pairing = try? Pairing(listen: listen, peer: peer), index == 1 || index == 2 else {
+                throw StoreError.corrupt(path: path, detail: "\(fileName) has an invalid pairing (listen, peer, node-index)")
+            }
+            identity.pairing = pairing
+        }
+        return identity
+    }
+}
+
+/// The two endpoints of a pair, as `init --listen --peer` gave them ("HOST:PORT").
+public struct Pairing: Equatable, Sendable {
+    public var listen: String
+    public var peer: String
+    public init(listen: String, peer: String) throws {
+        _ = try Self.split(listen, option: "--listen")
+        _ = try Self.split(peer, option: "--peer")
+        self.listen = listen
+        self.peer = peer
+    }
+    public var listenEndpoint: (host: String, port: Int) { try! Self.split(listen, option: "") }
+    public var peerEndpoint: (host: String, port: Int) { try! Self.split(peer, option: "") }
+
+    /// "HOST:PORT" or "[V6]:PORT".
+    public static func split(_ text: String, option: String) throws -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port)
+        else { throw StoreError.invalidArgument("\(option): expected HOST:PORT, got \"\(text)\"") }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains(" ") else { throw StoreError.invalidArgument("\(option): expected HOST:PORT, got \"\(text)\"") }
+        return (host, port)
+    }
+
+    /// The node index (1 or 2) a node takes when none is given: the two sides of a pair see the same two
+    /// endpoints swapped, so ordering them gives each side a different index without talking first.
+    public static func defaultNodeIndex(listen: String, peer: String) -> UInt16? {
+        let a = (try? split(listen, option: "")) ?? (host: "", port: 0)
+        let b = (try? split(peer, option: "")) ?? (host: "", port: 0)
+        let wildcard: Set<String> = ["0.0.0.0", "::", "*"]
+        if wildcard.contains(a.host) || a.host == b.host { return a.port == b.port ? nil : (a.port < b.port ? 1 : 2) }
+        return a.host < b.host ? 1 : (a.host > b.host ? 2 : nil)
     }
 }
 

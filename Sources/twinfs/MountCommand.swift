@@ -107,15 +107,27 @@ struct MountCommand: ParsableCommand {
         var kernel = parsed.kernel
         kernel.append("fsname=\(storePath.replacingOccurrences(of: ",", with: "_"))")
         kernel.append("subtype=twinfs")
+        var options = MountOptions()
+        var mirror: MirrorRuntime?
+        if store.identity.pairing != nil {
+            let runtime = try MirrorRuntime(
+                store: store, volume: volume, storePath: storePath, peerTimeoutMs: parsed.peerTimeoutMs,
+                fsyncMirror: parsed.fsyncMode == "mirror")
+            runtime.startShell()
+            options.mirrored = true
+            mirror = runtime
+        }
         let session: FuseSession
         do {
-            session = try FuseSession(volume: volume, mountpoint: mnt, kernelOptions: kernel, debug: parsed.debug)
+            session = try FuseSession(volume: volume, mountpoint: mnt, kernelOptions: kernel, options: options, debug: parsed.debug)
         } catch let error as FuseError {
             throw UsageError(message: error.description)
         }
+        try mirror?.connect(session: session)
         onReady()
         // libfuse reports the signal that ended the loop; SIGTERM/SIGINT/SIGHUP are a clean stop.
         let loopResult = session.run()
+        mirror?.stop()
         let rc = [SIGTERM, SIGINT, SIGHUP].contains(loopResult) ? 0 : loopResult
         do {
             try store.close()

@@ -1,31 +1,41 @@
 // `twinfs status STORE`: the store's identity and counts, as text or stable JSON.
 import ArgumentParser
 import Foundation
+import TwinNode
 import TwinStore
 
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Show a store's identity and counts.")
 
-    @Argument(help: "The store directory.")
+    @Argument(help: "The store directory, or the mountpoint of a mounted store.")
     var store: String
 
     @Flag(help: "Print JSON (stable field names, for scripts).")
     var json = false
 
     func run() throws {
-        let s = try Store.open(at: store, readOnly: true)
+        let path = storeOfMountpoint(absolute(store)) ?? store
+        let s = try Store.open(at: path, readOnly: true)
         let id = s.identity
         let counts = try s.counts()
+        // A mounted paired store answers on its control socket with the live mirror state.
+        let live = ControlServer.query(storePath: absolute(path)).flatMap {
+            try? JSONSerialization.jsonObject(with: Data($0)) as? [String: Any]
+        }
         if json {
-            let object: [String: Any] = [
-                "store": store, "format": id.format, "volume": id.volumeID, "node": id.nodeName, "nodeIndex": Int(id.nodeIndex),
+            var object: [String: Any] = [
+                "store": path, "format": id.format, "volume": id.volumeID, "node": id.nodeName, "nodeIndex": Int(id.nodeIndex),
                 "trackBytes": id.trackBytes, "inodes": counts.inodes, "directories": counts.directories,
-                "tracks": counts.tracks, "dataBytes": counts.dataBytes,
+                "tracks": counts.tracks, "dataBytes": counts.dataBytes, "paired": id.pairing != nil,
+                "mounted": mountpointOfStore(absolute(path)) != nil,
             ]
+            if let live {
+                for (k, v) in live { object[k] = v }
+            }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print("store:       \(store)")
+            print("store:       \(path)")
             print("volume:      \(id.volumeID)")
             print("node:        \(id.nodeName) (index \(id.nodeIndex))")
             print("format:      \(id.format)")
@@ -33,6 +43,42 @@ struct StatusCommand: ParsableCommand {
             print("inodes:      \(counts.inodes) (\(counts.directories) directories)")
             print("tracks:      \(counts.tracks)")
             print("data bytes:  \(counts.dataBytes)")
+            if let pairing = id.pairing { print("pair:        listen \(pairing.listen), peer \(pairing.peer)") }
+            if let live { printLive(live) }
         }
     }
+}
+
+/// The store mounted at `path` (our fsname is the store's path), or nil if `path` is not a twinfs mountpoint.
+func storeOfMountpoint(_ path: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") {
+        let halves = line.components(separatedBy: " - ")
+        guard halves.count == 2 else { continue }
+        let left = halves[0].split(separator: " "), right = halves[1].split(separator: " ")
+        guard left.count >= 5, right.count >= 2, right[0] == "fuse.twinfs" else { continue }
+        if unescapeMountinfo(String(left[4])) == path { return unescapeMountinfo(String(right[1])) }
+    }
+    return nil
+}
+
+private func printLive(_ live: [String: Any]) {
+    let peer = live["peer"] as? [String: Any] ?? [:]
+    let mirror = live["mirror"] as? [String: Any] ?? [:]
+    let counters = mirror["counters"] as? [String: Any] ?? [:]
+    let rates = mirror["rates"] as? [String: Any] ?? [:]
+    let errors = mirror["errors"] as? [String: Any] ?? [:]
+    func n(_ d: [String: Any], _ k: String) -> String { d[k].map { "\($0)" } ?? "-" }
+    if peer["connected"] as? Bool == true {
+        let rtt = (peer["rttMs"] as? Double).map { String(format: "%.2f ms", $0) } ?? "-"
+        print("peer:        \(n(peer, "name")) at \(n(peer, "address")), connected for \(n(peer, "connectedForMs")) ms, rtt \(rtt)")
+    } else {
+        print("peer:        \(n(peer, "address")) NOT CONNECTED\(peer["lastRejection"].map { " (last refusal: \($0))" } ?? "")")
+    }
+    print("out of sync: \(n(mirror, "oos")) locations (<= \(n(mirror, "oosBytesUpperBound")) bytes), oldest \(n(mirror, "oldestOOSAgeMs")) ms")
+    print("maybe OOS:   \(n(mirror, "moos")) locations; held (MOS): \(n(mirror, "mos"))")
+    print("operations:  \(n(counters, "operationsGranted")) granted, \(n(counters, "operationsWithRoundTrip")) waited on the peer, \(n(counters, "operationsFailed")) failed, \(n(mirror, "activeOperations")) active")
+    print("messages:    marks \(n(counters, "marksSent")), pulls \(n(counters, "pullsSent")), pushes \(n(counters, "pushesSent")), releases \(n(counters, "releasesSent"))")
+    print("rates (/s):  marks \(n(rates, "marks")), pulls \(n(rates, "pulls")), pushes \(n(rates, "pushes")), releases \(n(rates, "releases"))")
+    print("errors:      store \(n(errors, "store")), dropped sends \(n(errors, "droppedSends")), unstamped writes \(n(errors, "unstampedWrites"))")
 }

@@ -1,0 +1,108 @@
+// ControlSocket: the daemon's local status endpoint, a Unix socket in the store (STORE/control.sock, mode 0600).
+// A client connects, the daemon writes one JSON document and closes. Owns: the socket's life and framing.
+// Must never: accept commands that change state (status only), or let a slow client stall the daemon (each
+// answer is written with a send timeout, one client at a time, by one thread).
+import Foundation
+import Glibc
+
+public final class ControlServer: @unchecked Sendable {
+    public static let fileName = "control.sock"
+    public static let maxAnswerBytes = 1 << 20
+    private let path: String
+    private var fd: Int32 = -1
+    private let answer: @Sendable () -> [UInt8]
+
+    /// Binds `STORE/control.sock` (replacing a stale one left by a killed daemon: the store's lock, held by the
+    /// caller, proves no other daemon uses it).
+    public init(storePath: String, answer: @escaping @Sendable () -> [UInt8]) throws {
+        path = storePath + "/" + Self.fileName
+        self.answer = answer
+        unlink(path)
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ControlError.system("socket", errno) }
+        var address = try Self.address(path)
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, chmod(path, 0o600) == 0, listen(fd, 8) == 0 else {
+            let e = errno
+            close(fd)
+            throw ControlError.system("bind \(path)", e)
+        }
+    }
+
+    public func start() {
+        spawnDetachedThread { self.serve() }
+    }
+
+    public func stop() {
+        unlink(path)
+        shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    private func serve() {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return
+            }
+            var timeout = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var bytes = answer()
+            if bytes.count > Self.maxAnswerBytes { bytes = Array("{\"error\":\"status too large\"}".utf8) }
+            var sent = 0
+            while sent < bytes.count {
+                let n = bytes.withUnsafeBytes { send(client, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { break }
+                sent += n
+            }
+            close(client)
+        }
+    }
+
+    static func address(_ path: String) throws -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw ControlError.pathTooLong(path) }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        return address
+    }
+
+    /// Asks the daemon serving `storePath` for its status; nil when no daemon answers (the store is not mounted).
+    public static func query(storePath: String, timeoutMs: Int = 3_000) -> [UInt8]? {
+        let path = storePath + "/" + fileName
+        guard var address = try? Self.address(path) else { return nil }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { return nil }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16 << 10)
+        while out.count <= maxAnswerBytes {
+            let n = recv(fd, &chunk, chunk.count, 0)
+            if n <= 0 { break }
+            out += chunk[0..<n]
+        }
+        return out.isEmpty ? nil : out
+    }
+}
+
+public enum ControlError: Error, CustomStringConvertible {
+    case system(String, Int32)
+    case pathTooLong(String)
+    public var description: String {
+        switch self {
+        case .system(let what, let code): return "\(what): \(String(cString: strerror(code)))"
+        case .pathTooLong(let p): return "control socket path too long: \(p)"
+        }
+    }
+}

@@ -1,0 +1,396 @@
+// MirrorShell: the thin shell that runs the protocol core (MirrorCore.MirrorNode) for a mounted volume.
+// Owns: one executor thread that alone steps the core and performs its actions in order (store reads and
+// writes, bitmap persistence with group commit, kernel cache invalidation, sends), and the waiters of FUSE
+// threads blocked on a grant or a flush. Must never: block on the network or on a FUSE request (the executor
+// only touches the store and the kernel's non-blocking notifications), or decide protocol policy itself.
+import Dispatch
+import Foundation
+import Glibc
+import MirrorCore
+import TwinStore
+
+/// What a blocked operation learns from the core.
+enum GrantResult {
+    case granted([Stamp])
+    case failed(OperationError)
+}
+
+final class Waiter: @unchecked Sendable {
+    let semaphore = DispatchSemaphore(value: 0)
+    var grant: GrantResult?
+    var flushError: OperationError??
+}
+
+/// Figures for `twinfs status` (a snapshot, refreshed by the executor).
+public struct MirrorShellStatus: Sendable {
+    public var core: MirrorStatus
+    public var uptimeMs: UInt64
+    public var connectedSinceMs: UInt64?
+    public var droppedSends: Int
+    public var storeErrors: Int
+    public var unstampedWrites: Int
+    public var persistBatches: Int
+    public var metadataSyncs: Int
+    public var bytesPushed: UInt64
+    public var bytesReceived: UInt64
+    public var lastError: String?
+    /// Per-second rates over the last complete window of `rateWindowMs`: marks, pulls, pushes, releases.
+    public var rates: [String: Double]
+}
+
+public final class MirrorShell: @unchecked Sendable {
+    public let volume: Volume
+    let core: MirrorNode
+    let recovered: RecoveredState
+    /// Sends a message on the current connection; false if it could not be queued (the caller then drops the
+    /// connection so the core's re-send after the next handshake covers it).
+    private let send: @Sendable (Message) -> Bool
+    /// Drops kernel caches for an inode (attributes; data pages are checked against mtime on the next read).
+    public var invalidate: (@Sendable (UInt64) -> Void)?
+    public var log: (@Sendable (String) -> Void)?
+
+    private let condition = NSCondition()
+    private var inbox: [Event] = []
+    private var waiters: [OperationID: Waiter] = [:]
+    private var flushWaiters: [FlushID: Waiter] = [:]
+    private var nextOperation: UInt64 = 1
+    private var nextFlush: UInt64 = 1
+    private var stopping = false
+    private var stopped = false
+    private let startNs: UInt64
+    private var lastTickMs: UInt64 = 0
+    private var wakeAtMs: UInt64 = .max
+
+    // Executor-only state.
+    private var pending: [Event] = []
+    private var actions: [Action] = []
+    private var persistToken: CompletionToken?
+    private var syncedWrites: [(CompletionToken, Version)] = []
+    private var syncInodes: Set<UInt64> = []
+
+    private let statusLock = NSLock()
+    private var snapshot: MirrorShellStatus
+    private var connectedSinceMs: UInt64?
+    private var droppedSends = 0
+    private var storeErrors = 0
+    private var persistBatches = 0
+    private var metadataSyncs = 0
+    private var bytesPushed: UInt64 = 0
+    private var bytesReceived: UInt64 = 0
+    private var lastError: String?
+
+    /// Ticks are milliseconds.
+    public static let tickMs: UInt64 = 20
+
+    public init(volume: Volume, config: MirrorConfig, prediction: any PredictionPolicy = StandardPrediction(),
+                recovered: RecoveredState, send: @escaping @Sendable (Message) -> Bool) {
+        self.volume = volume
+        self.core = MirrorNode(config: config, prediction: prediction, recovered: recovered)
+        self.recovered = recovered
+        self.send = send
+        self.startNs = Self.monotonicNs()
+        self.snapshot = MirrorShellStatus(
+            core: core.status, uptimeMs: 0, connectedSinceMs: nil, droppedSends: 0, storeErrors: 0, unstampedWrites: 0,
+            persistBatches: 0, metadataSyncs: 0, bytesPushed: 0, bytesReceived: 0, lastError: nil, rates: [:])
+    }
+
+    static func monotonicNs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    var nowMs: UInt64 { (Self.monotonicNs() - startNs) / 1_000_000 }
+
+    public func start() {
+        volume.attach(self)
+        spawnDetachedThread { self.run() }
+    }
+
+    /// Stops the executor; operations still waiting fail with EIO.
+    public func stop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while !stopped { condition.wait() }
+        for (_, w) in waiters {
+            w.grant = .failed(.aborted)
+            w.semaphore.signal()
+        }
+        waiters.removeAll()
+        for (_, w) in flushWaiters {
+            w.flushError = .some(.aborted)
+            w.semaphore.signal()
+        }
+        flushWaiters.removeAll()
+        condition.unlock()
+    }
+
+    /// Feeds an event from the peer link (any thread).
+    public func post(_ event: Event) {
+        condition.lock()
+        switch event {
+        case .connectionUp: connectedSinceMs = nowMs
+        case .connectionDown: connectedSinceMs = nil
+        default: break
+        }
+        inbox.append(event)
+        condition.signal()
+        condition.unlock()
+    }
+
+    // MARK: blocking calls from FUSE threads
+
+    /// Waits until the core grants `items`; returns the operation's id and the versions to stamp.
+    func acquire(_ items: [AccessItem], hint: PredictionHint) throws -> (OperationID, [Stamp]) {
+        let waiter = Waiter()
+        condition.lock()
+        if stopping {
+            condition.unlock()
+            throw FSError.io
+        }
+        let id = OperationID(nextOperation)
+        nextOperation += 1
+        waiters[id] = waiter
+        inbox.append(.operationRequested(OperationRequest(id: id, items: items, hint: hint)))
+        condition.signal()
+        condition.unlock()
+        waiter.semaphore.wait()
+        switch waiter.grant {
+        case .granted(let stamps)?: return (id, stamps)
+        case .failed(let error)?: throw FSError.mirror(String(describing: error))
+        case nil: throw FSError.io
+        }
+    }
+
+    func finish(_ id: OperationID, unwritten: [Location]) {
+        condition.lock()
+        inbox.append(.operationFinished(id, unwritten: unwritten))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Waits until the peer durably holds every version written so far to `locations` (fsync=mirror).
+    func flush(_ locations: [Location]) throws {
+        let waiter = Waiter()
+        condition.lock()
+        if stopping {
+            condition.unlock()
+            throw FSError.io
+        }
+        let id = FlushID(nextFlush)
+        nextFlush += 1
+        flushWaiters[id] = waiter
+        inbox.append(.flushRequested(id, locations))
+        condition.signal()
+        condition.unlock()
+        waiter.semaphore.wait()
+        if case .some(.some(let error)) = waiter.flushError { throw FSError.mirror(String(describing: error)) }
+    }
+
+    public var status: MirrorShellStatus {
+        statusLock.lock()
+        defer { statusLock.unlock() }
+        return snapshot
+    }
+
+    public func state(of location: Location) -> LocationState {
+        condition.lock()
+        defer { condition.unlock() }
+        return core.state(of: location)
+    }
+
+    // MARK: the executor
+
+    private func run() {
+        while true {
+            condition.lock()
+            while inbox.isEmpty && !stopping {
+                let now = nowMs
+                if now >= lastTickMs + Self.tickMs || now >= wakeAtMs { break }
+                _ = condition.wait(until: Date(timeIntervalSinceNow: Double(Self.tickMs) / 1000))
+            }
+            if stopping {
+                stopped = true
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            pending = inbox
+            inbox.removeAll(keepingCapacity: true)
+            let now = nowMs
+            if now >= lastTickMs + Self.tickMs || now >= wakeAtMs {
+                lastTickMs = now
+                wakeAtMs = .max
+                pending.append(.tick(now))
+            }
+            // The core is stepped with the condition held: FUSE threads only append to the inbox under it,
+            // and `state(of:)` reads the core under it.
+            drain()
+            condition.unlock()
+            // Group commit: one metadata flush covers every persist and synced store write of this round.
+            if persistToken != nil || !syncedWrites.isEmpty {
+                commitDurably()
+                condition.lock()
+                drain()
+                condition.unlock()
+            }
+            publishStatus()
+        }
+    }
+
+    private func drain() {
+        var i = 0
+        while i < pending.count {
+            let event = pending[i]
+            i += 1
+            actions.removeAll(keepingCapacity: true)
+            core.step(event, into: &actions)
+            for action in actions { perform(action) }
+        }
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    private func commitDurably() {
+        let token = persistToken
+        let writes = syncedWrites
+        let inodes = syncInodes
+        persistToken = nil
+        syncedWrites.removeAll()
+        syncInodes.removeAll()
+        do {
+            for ino in inodes { try volume.store.syncData(ino) }
+            try volume.syncMetadata()
+            metadataSyncs += 1
+        } catch {
+            // Durability could not be confirmed: say nothing to the core, so nothing is acknowledged on the
+            // strength of it; the store error is reported and the next round retries.
+            note("store sync failed: \(error)")
+            persistToken = token
+            syncedWrites = writes
+            syncInodes = inodes
+            return
+        }
+        if let token { pending.append(.persistDone(token)) }
+        for (t, v) in writes { pending.append(.storeWriteDone(t, stored: v)) }
+    }
+
+    private func perform(_ action: Action) {
+        switch action {
+        case .send(let message):
+            if case .push(let p) = message { bytesPushed += UInt64(p.payload.bytes.count) }
+            if !send(message) { droppedSends += 1 }
+        case .storeRead(let token, let location):
+            do {
+                let image = try volume.mirrorRead(location)
+                pending.append(.storeReadDone(token, Payload(image.bytes), Self.version(image.version)))
+            } catch {
+                // The core needs an answer; the store cannot give one. Report it and let the location wait: the
+                // core times the peer's operation out rather than ship something wrong.
+                note("store read of \(location) failed: \(error)")
+            }
+        case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
+            bytesReceived += UInt64(payload.bytes.count)
+            do {
+                let stored = try volume.mirrorApply(location, LocationImage(version: Self.storeVersion(version), bytes: payload.bytes), force: !onlyIfNewer)
+                invalidate?(location.ino)
+                if sync {
+                    syncInodes.insert(location.ino)
+                    syncedWrites.append((token, Self.version(stored)))
+                } else {
+                    pending.append(.storeWriteDone(token, stored: Self.version(stored)))
+                }
+            } catch {
+                note("store write of \(location) failed: \(error)")
+            }
+        case .persist(let token, let batch):
+            do {
+                let harden = Set(batch.hardenFirst.filter { !$0.isInodeRecord }.map(\.ino))
+                for ino in harden { try volume.store.syncData(ino) }
+                try volume.mirrorPersist(
+                    batch.entries.map { Store.MirrorStateRow(ino: $0.location.ino, slot: $0.location.slot, state: $0.state.rawValue) },
+                    clockReservation: batch.clockReservation)
+                persistBatches += 1
+                if persistToken.map({ $0 < token }) ?? true { persistToken = token }
+            } catch {
+                note("persisting mirror state failed: \(error)")
+            }
+        case .invalidateCaches(let location):
+            invalidate?(location.ino)
+        case .grant(let id, let stamps):
+            if let w = waiters.removeValue(forKey: id) {
+                w.grant = .granted(stamps)
+                w.semaphore.signal()
+            }
+        case .fail(let id, let error):
+            if let w = waiters.removeValue(forKey: id) {
+                w.grant = .failed(error)
+                w.semaphore.signal()
+            }
+        case .flushDone(let id):
+            if let w = flushWaiters.removeValue(forKey: id) {
+                w.flushError = .some(nil)
+                w.semaphore.signal()
+            }
+        case .flushFailed(let id, let error):
+            if let w = flushWaiters.removeValue(forKey: id) {
+                w.flushError = .some(error)
+                w.semaphore.signal()
+            }
+        case .wakeAt(let tick):
+            wakeAtMs = min(wakeAtMs, tick)
+        }
+    }
+
+    private func note(_ message: String) {
+        storeErrors += 1
+        lastError = message
+        log?(message)
+    }
+
+    private func publishStatus() {
+        condition.lock()
+        let core = self.core.status
+        let since = connectedSinceMs
+        condition.unlock()
+        let s = MirrorShellStatus(
+            core: core, uptimeMs: nowMs, connectedSinceMs: since, droppedSends: droppedSends, storeErrors: storeErrors,
+            unstampedWrites: volume.store.unstampedWrites, persistBatches: persistBatches, metadataSyncs: metadataSyncs,
+            bytesPushed: bytesPushed, bytesReceived: bytesReceived, lastError: lastError, rates: rates(core.counters))
+        statusLock.lock()
+        snapshot = s
+        statusLock.unlock()
+    }
+
+    public static let rateWindowMs: UInt64 = 5_000
+    private var rateBase: (ms: UInt64, counters: MirrorCounters)?
+    private var lastRates: [String: Double] = ["marks": 0, "pulls": 0, "pushes": 0, "releases": 0]
+
+    private func rates(_ c: MirrorCounters) -> [String: Double] {
+        let now = nowMs
+        guard let base = rateBase else {
+            rateBase = (now, c)
+            return lastRates
+        }
+        let elapsed = now - base.ms
+        if elapsed >= Self.rateWindowMs {
+            let seconds = Double(elapsed) / 1000
+            let b = base.counters
+            lastRates = [
+                "marks": Double(c.marksSent - b.marksSent) / seconds, "pulls": Double(c.pullsSent - b.pullsSent) / seconds,
+                "pushes": Double(c.pushesSent - b.pushesSent) / seconds,
+                "releases": Double(c.releasesSent - b.releasesSent) / seconds,
+            ]
+            rateBase = (now, c)
+        }
+        return lastRates
+    }
+
+    // MARK: versions
+
+    /// Store versions are `lamport << 16 | node index`; a pair's node indexes are its core node ids (1 and 2).
+    static func storeVersion(_ v: Version) -> UInt64 { v.counter << 16 | UInt64(v.node.raw) }
+    static func version(_ stored: UInt64) -> Version {
+        Version(counter: stored >> 16, node: NodeID(UInt8(truncatingIfNeeded: stored & 0xFFFF)))
+    }
+}

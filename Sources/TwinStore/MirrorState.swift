@@ -1,0 +1,111 @@
+// MirrorState: the mirror's durable per-location state (the persisted part of bitmaps 60/62/64), its clock
+// reservation and incarnation, and the versions a granted operation must stamp on what it writes.
+// Owns: the `mirror_state` table and the mirror counters. Never: decide a state (MirrorCore does that); the
+// store only keeps what it is told, durably once `syncMetadata` returns.
+import CLinuxShims
+import Glibc
+
+extension Store {
+    /// One persisted location state, in the core's terms (`slot` 0 = inode record, `i + 1` = track i).
+    public struct MirrorStateRow: Equatable, Sendable {
+        public var ino: UInt64
+        public var slot: UInt64
+        public var state: UInt8
+        public init(ino: UInt64, slot: UInt64, state: UInt8) { self.ino = ino; self.slot = slot; self.state = state }
+    }
+
+    static let mirrorSchemaSQL = """
+        CREATE TABLE IF NOT EXISTS mirror_state(ino INTEGER NOT NULL, slot INTEGER NOT NULL, state INTEGER NOT NULL,
+            PRIMARY KEY(ino, slot)) WITHOUT ROWID;
+        INSERT OR IGNORE INTO counters(name, value) VALUES ('mirror_clock', 0), ('mirror_incarnation', 0);
+        """
+
+    /// Creates the mirror's tables in stores made before they existed (idempotent).
+    public func prepareMirrorState() throws {
+        try database.execute(Self.mirrorSchemaSQL)
+    }
+
+    /// Everything the mirror persisted, for a restart.
+    public func loadMirrorState() throws -> (rows: [MirrorStateRow], clockReservation: UInt64, incarnation: UInt64) {
+        var rows: [MirrorStateRow] = []
+        let s = try database.statement("SELECT ino, slot, state FROM mirror_state")
+        while try s.step() {
+            rows.append(
+                MirrorStateRow(ino: UInt64(bitPattern: s.int(0)), slot: UInt64(bitPattern: s.int(1)), state: UInt8(truncatingIfNeeded: s.int(2))))
+        }
+        let c = try database.statement("SELECT name, value FROM counters WHERE name IN ('mirror_clock', 'mirror_incarnation')")
+        var clock: UInt64 = 0
+        var incarnation: UInt64 = 0
+        while try c.step() {
+            if c.text(0) == "mirror_clock" { clock = UInt64(bitPattern: c.int(1)) } else { incarnation = UInt64(bitPattern: c.int(1)) }
+        }
+        return (rows, clock, incarnation)
+    }
+
+    /// Records a new incarnation (one per mount) and returns it.
+    public func nextMirrorIncarnation() throws -> UInt64 {
+        try database.transaction {
+            try database.statement("UPDATE counters SET value = value + 1 WHERE name = 'mirror_incarnation'").run()
+            let s = try database.statement("SELECT value FROM counters WHERE name = 'mirror_incarnation'")
+            guard try s.step() else { throw StoreError.corrupt(path: root, detail: "counter mirror_incarnation missing") }
+            return UInt64(bitPattern: s.int(0))
+        }
+    }
+
+    /// Writes a batch of states (state 0 deletes the row) and possibly a clock reservation, in the caller's
+    /// transaction. Durable after the next `syncMetadata`.
+    public func writeMirrorState(_ rows: [MirrorStateRow], clockReservation: UInt64?) throws {
+        let upsert = try database.statement("INSERT OR REPLACE INTO mirror_state(ino, slot, state) VALUES (?,?,?)")
+        let delete = try database.statement("DELETE FROM mirror_state WHERE ino = ? AND slot = ?")
+        for r in rows {
+            if r.state == 0 {
+                try delete.bind(.u64(r.ino), .u64(r.slot)).run()
+            } else {
+                try upsert.bind(.u64(r.ino), .u64(r.slot), .int(Int64(r.state))).run()
+            }
+        }
+        if let clockReservation {
+            try database.statement("UPDATE counters SET value = ? WHERE name = 'mirror_clock'").bind(.u64(clockReservation)).run()
+        }
+    }
+
+    /// Counts of persisted states by value (for `twinfs status` on a store that is not mounted).
+    public func mirrorStateCounts() throws -> [UInt8: Int] {
+        var out: [UInt8: Int] = [:]
+        let s = try database.statement("SELECT state, COUNT(*) FROM mirror_state GROUP BY state")
+        while try s.step() { out[UInt8(truncatingIfNeeded: s.int(0))] = Int(s.int(1)) }
+        return out
+    }
+
+    /// Makes the data file of `ino` durable (its track contents), if it exists.
+    public func syncData(_ ino: UInt64) throws {
+        let fd = try openData(ino, create: false)
+        guard fd >= 0 else { return }
+        defer { Glibc.close(fd) }
+        guard twin_fdatasync(fd) == 0 else { throw FSError.fromErrno() }
+    }
+
+    // MARK: stamps
+
+    /// The version to store for a location the running operation writes: the one the mirror granted for it, or
+    /// (without a mirror) a fresh local one. Call with the volume lock held.
+    public func version(for location: StoreLocation) throws -> UInt64 {
+        if let v = stamps[location] {
+            stampsUsed.insert(location)
+            return v
+        }
+        if mirrored { unstampedWrites += 1 }
+        return try nextVersion()
+    }
+
+    /// Sets the versions of tracks `range` of `ino`, each from its own stamp.
+    public func stampTracks(ino: UInt64, tracks range: ClosedRange<UInt64>) throws {
+        if stamps.isEmpty {
+            try setTrackVersions(ino: ino, tracks: range, version: try version(for: .track(ino, range.lowerBound)))
+            return
+        }
+        for index in range {
+            try setTrackVersions(ino: ino, tracks: index...index, version: try version(for: .track(ino, index)))
+        }
+    }
+}

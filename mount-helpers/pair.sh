@@ -27,7 +27,7 @@ binaries() {
         PROXY=${TWINFS_PROXY_BIN:-$(dirname "$TWINFS_BIN")/twinfs-proxy}
         return
     fi
-    command -v fusermount3 >/dev/null || bash scripts/install-deps.sh
+    bash scripts/install-deps.sh
     swift build -c release --product twinfs >&2
     swift build -c release --product twinfs-proxy >&2
     BIN="$(swift build -c release --show-bin-path)/twinfs"

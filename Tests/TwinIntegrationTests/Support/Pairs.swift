@@ -1,0 +1,139 @@
+// Real pairs for tests: two stores initialised as one pair (shared secret, loopback ports chosen free), two
+// foreground daemons, optionally a delaying twinfs-proxy in each direction, and `twinfs status --json` as the
+// way to observe the mirror (counters, bitmaps, connection). Readiness is polled from status, never slept on.
+// Never: stop a process it did not start, or unmount anything but its own two mountpoints (MountingTestCase).
+import Foundation
+import XCTest
+
+/// A free TCP port on 127.0.0.1 (bound and released; the daemons bind it moments later).
+func freeLoopbackPort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// One running twinfs-proxy.
+final class ProxyProcess {
+    let process = Process()
+    let port: Int
+    init(listenPort: Int, targetPort: Int, delayMs: Int) throws {
+        port = listenPort
+        process.executableURL = URL(fileURLWithPath: ProxyTests.proxyBinary)
+        process.arguments = ["--listen", "127.0.0.1:\(listenPort)", "--target", "127.0.0.1:\(targetPort)", "--delay-ms", "\(delayMs)"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        guard line.hasPrefix("twinfs-proxy: ready") else { throw MountError(description: "proxy did not start: \(line)") }
+    }
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+}
+
+struct Pair {
+    var storeA: String
+    var storeB: String
+    var a: TwinMount
+    var b: TwinMount
+}
+
+class PairTestCase: MountingTestCase {
+    private var proxies: [ProxyProcess] = []
+    private(set) var portA = 0
+    private(set) var portB = 0
+
+    override func tearDownWithError() throws {
+        try super.tearDownWithError()
+        for p in proxies { p.stop() }
+        proxies.removeAll()
+    }
+
+    /// Inits both stores of a pair; with `delayMs`, each node dials its peer through a delaying proxy.
+    func initPair(delayMs: Int? = nil, secret: String = "pair-secret") throws -> (String, String) {
+        let secretPath = path(secret)
+        if !FileManager.default.fileExists(atPath: secretPath) {
+            FileManager.default.createFile(atPath: secretPath, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        }
+        portA = freeLoopbackPort()
+        portB = freeLoopbackPort()
+        var peerOfA = portB
+        var peerOfB = portA
+        if let delayMs {
+            peerOfA = freeLoopbackPort()
+            peerOfB = freeLoopbackPort()
+            proxies.append(try ProxyProcess(listenPort: peerOfA, targetPort: portB, delayMs: delayMs))
+            proxies.append(try ProxyProcess(listenPort: peerOfB, targetPort: portA, delayMs: delayMs))
+        }
+        let a = path("a"), b = path("b")
+        XCTAssertSucceeds(Commands.twinfs([
+            "init", a, "--node", "alpha", "--node-id", "1", "--listen", "127.0.0.1:\(portA)", "--peer", "127.0.0.1:\(peerOfA)",
+            "--secret-file", secretPath,
+        ]))
+        XCTAssertSucceeds(Commands.twinfs([
+            "init", b, "--node", "beta", "--node-id", "2", "--listen", "127.0.0.1:\(portB)", "--peer", "127.0.0.1:\(peerOfB)",
+            "--secret-file", secretPath,
+        ]))
+        return (a, b)
+    }
+
+    /// A connected pair: both daemons mounted and each reporting its peer connected.
+    func startPair(delayMs: Int? = nil, options: [String] = ["allow_other"]) throws -> Pair {
+        let (sa, sb) = try initPair(delayMs: delayMs)
+        let a = try mount(sa, at: "mnt-a", options: options)
+        let b = try mount(sb, at: "mnt-b", options: options)
+        try waitConnected(a)
+        try waitConnected(b)
+        return Pair(storeA: sa, storeB: sb, a: a, b: b)
+    }
+
+    /// `twinfs status STORE --json` of a mounted store, parsed.
+    func status(_ m: TwinMount) throws -> [String: Any] {
+        let r = Commands.twinfs(["status", m.store, "--json"])
+        guard r.ok, let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+            throw MountError(description: "twinfs status failed: \(r)")
+        }
+        return object
+    }
+
+    func mirror(_ m: TwinMount) throws -> [String: Any] { try status(m)["mirror"] as? [String: Any] ?? [:] }
+
+    func counter(_ m: TwinMount, _ name: String) throws -> Int {
+        (try mirror(m)["counters"] as? [String: Any])?[name] as? Int ?? -1
+    }
+
+    func waitUntil(_ what: String, timeoutSeconds: Double = 30, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(20_000)
+        }
+        throw MountError(description: "timed out after \(timeoutSeconds) s waiting for: \(what)")
+    }
+
+    func waitConnected(_ m: TwinMount) throws {
+        try waitUntil("\(m.store) connected to its peer") {
+            ((try status(m)["peer"] as? [String: Any])?["connected"] as? Bool) == true
+        }
+    }
+
+    /// Both nodes have nothing left to copy (OOS empty on both): the background copy has drained.
+    func waitDrained(_ p: Pair, timeoutSeconds: Double = 60) throws {
+        try waitUntil("both nodes' out-of-sync bitmaps empty", timeoutSeconds: timeoutSeconds) {
+            let a = try mirror(p.a)["oos"] as? Int
+            let b = try mirror(p.b)["oos"] as? Int
+            return a == 0 && b == 0
+        }
+    }
+}

@@ -47,6 +47,11 @@ extension MirrorNode {
             if lk.exclusive && lk.holders.count > 1 { v.append("exclusive lock \(l) has \(lk.holders.count) holders") }
             for w in lk.waiters where ops[w] == nil { v.append("lock \(l) waited on by ended \(w)") }
         }
+        for l in uncompared {
+            // A restored copy is served only after the peer's data landed, or overwritten whole under a takeover.
+            if bits.token(l) == .none { v.append("\(l) is uncompared but has no MOOS") }
+            if bits.token(l) == .mos && takeover[l] == nil { v.append("\(l) is uncompared but holds MOS") }
+        }
         for (id, op) in ops where op.phase == .granted && op.index != op.items.count {
             v.append("\(id) granted before acquiring everything")
         }

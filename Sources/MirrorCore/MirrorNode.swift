@@ -80,6 +80,11 @@ public final class MirrorNode {
 
     var oosNonEmptySince: Tick = 0
     var restoredSuperset = false
+    /// Locations restored from the persisted superset whose copy has not yet been compared with the peer's (finding
+    /// 10): a power loss may have undone our newer writes, which the peer holds but believes we hold too. Until data
+    /// from the peer land, every pull and mark for them asks for the peer's data, a release does not clear their
+    /// MOOS, and their superset bit stays persisted, whatever an ack does to OOS. O(restored superset).
+    var uncompared: Set<Location> = []
     var nextWake: Tick?
     var counters = MirrorCounters()
     /// Actions of the current step (swapped with the caller's buffer).
@@ -210,9 +215,19 @@ public final class MirrorNode {
     func persisted(_ l: Location) -> PersistedState {
         switch bits.token(l) {
         case .mos: return takeover.at(l) != nil ? .contested : .held
-        case .moos: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil) ? .contested : .moos
-        case .none: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil) ? .held : .none
+        case .moos: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil || isUncompared(l)) ? .contested : .moos
+        case .none: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil || isUncompared(l)) ? .held : .none
         }
+    }
+
+    @inline(__always) func isUncompared(_ l: Location) -> Bool { !uncompared.isEmpty && uncompared.contains(l) }
+
+    /// Data from the peer have landed for `l`: our copy is compared (the newer version won in the store).
+    func compared(_ l: Location) {
+        guard isUncompared(l) else { return }
+        let before = persisted(l)
+        uncompared.remove(l)
+        touch(l, before)
     }
 
     @inline(__always) func touch(_ l: Location, _ before: PersistedState) {
@@ -423,6 +438,7 @@ public final class MirrorNode {
                 if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); wake(l) }
             } else {
                 takeover[l] = nil
+                if isUncompared(l) { uncompared.remove(l) }  // our new data supersede whatever the peer holds
                 setOOS(l, true)
                 if inFlight.at(l) != nil { inFlight[l]!.gen += 1 }
                 for (t, w) in writes where w.location == l { writes[t]!.localWriteSince = true }
@@ -553,7 +569,7 @@ public final class MirrorNode {
             let moos = bits.token(it.location) == .moos
             let needData = moos && it.access != .writeFull
             items.append(MarkItem(location: it.location, needData: needData, predicted: false,
-                                  forceData: needData && bits.oos(it.location)))
+                                  forceData: needData && (bits.oos(it.location) || isUncompared(it.location))))
             if moos && it.access == .writeFull { takeoverRequested[it.location] = op }
         }
         if items.isEmpty { return }
@@ -595,7 +611,7 @@ public final class MirrorNode {
     /// the peer's data unconditionally; the newer version wins on both sides.
     func sendPull(_ locs: [Location]) {
         var plain: [Location] = [], forced: [Location] = []
-        for l in locs { if bits.oos(l) { forced.append(l) } else { plain.append(l) } }
+        for l in locs { if bits.oos(l) || isUncompared(l) { forced.append(l) } else { plain.append(l) } }
         for (group, force) in [(plain, false), (forced, true)] where !group.isEmpty {
             let id = nextPullID
             nextPullID += 1
@@ -634,7 +650,8 @@ public final class MirrorNode {
                                    onlyIfNewer: rules.ignoreStalePushes, sync: true))
         case .release(let r):
             counters.releasesReceived += r.locations.count
-            for l in r.locations where bits.token(l) == .moos {
+            // An uncompared copy keeps its MOOS: it must fetch the peer's data before serving (finding 10).
+            for l in r.locations where bits.token(l) == .moos && !isUncompared(l) {
                 let before = persisted(l)
                 bits.setToken(l, .none)
                 touch(l, before)
@@ -961,6 +978,7 @@ public final class MirrorNode {
         guard let w = writes.removeValue(forKey: t) else { return }
         let l = w.location
         if let n = receiving.at(l) { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
+        compared(l)
         // Our own unsynced copy is superseded once the store holds the peer's newer version (hazard 4).
         // Not if a local write finished meanwhile: that write set OOS for data the peer has never seen.
         if stored == w.version && !w.localWriteSince && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
@@ -1123,6 +1141,11 @@ public final class MirrorNode {
             if !items.isEmpty { out.append(.send(.mark(Mark(id: id, items: items, clock: clock)))) }
         }
         if !pulls.isEmpty { sendPull(pulls.keys.sorted()) }
+        // Restored copies are compared without waiting for a local read: the forced pull brings the peer's data.
+        let compare = uncompared.filter {
+            pulls[$0] == nil && bits.token($0) == .moos && answering.at($0) == nil && receiving.at($0) == nil
+        }
+        if !compare.isEmpty { sendPull(compare.sorted()) }
         for ino in bits.inodeNumbers { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
     }
 
@@ -1164,7 +1187,7 @@ public final class MirrorNode {
         outMarks = [:]; markOf = [:]; landing = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
         deferred = [:]; replies = [:]; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
-        releaseScan = []; restoredSuperset = fresh.restoredSuperset; nextWake = nil; nextMarkID = fresh.nextMarkID
+        releaseScan = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         oosNonEmptySince = now
     }
 
@@ -1175,13 +1198,14 @@ public final class MirrorNode {
             switch e.state {
             case .none: break
             case .moos: bits.setToken(e.location, .moos)
-            case .held:
+            case .held, .contested:
                 // The store may have lost unsynced writes (power loss) that the peer holds: pull before serving.
                 bits.setToken(e.location, .moos)
-                if rules.answerInSyncOnlyIfKnown { setOOS(e.location, true); restoredSuperset = true }
-            case .contested:
-                bits.setToken(e.location, .moos)
-                if rules.answerInSyncOnlyIfKnown { setOOS(e.location, true); restoredSuperset = true }
+                if rules.answerInSyncOnlyIfKnown {
+                    setOOS(e.location, true)
+                    uncompared.insert(e.location)
+                    restoredSuperset = true
+                }
             }
         }
         clock = r.clockReservation

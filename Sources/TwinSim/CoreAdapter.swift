@@ -148,7 +148,7 @@ public enum MessageDescriber {
                 return "\(g.location) data \(payload(d)) \(v)"
             }
             return "markReply#\(r.id)(granted \(granted) refused \(r.refused))"
-        case .pull(let p): return "pull(\(p.locations))"
+        case .pull(let p): return "pull(\(p.locations)\(p.forceData ? " forced" : ""))"
         case .pullAnswer(let a):
             switch a.content {
             case .inSync: return "pullAnswer(\(a.location) in-sync\(a.prefetched ? " prefetched" : ""))"

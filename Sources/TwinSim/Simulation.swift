@@ -699,6 +699,27 @@ public final class Simulation {
                 invariantReported = true
                 fail(.invariant, "\(nodeName(x)) holds MOS for \(names(unbacked)) but \(nodeName(1 - x)) has no durable MOOS there")
             }
+            // Hazard 7, the twin of the MOOS rule above: where this node's store holds its own write that the peer's
+            // store lacks, a durable superset bit (held or contested) must say so, or a crash now could leave both
+            // nodes answering "in sync" over different data. Usually it is this node's bit; after the peer's power
+            // loss undid a newer write of the peer's own (which had made it skip ours), it is the peer's: it
+            // restarts with OOS there and compares with us before serving.
+            let store = nodes[x].store
+            var unprotected: Set<Int> = []
+            for loc in 0..<min(store.visible.count, peerStore.visible.count) {
+                let mine = store.visible[loc].version
+                guard mine.node.raw == UInt8(x + 1), mine > peerStore.visible[loc].version else { continue }
+                let location = map.locations[loc]
+                func superset(_ s: PersistedState?) -> Bool { s == .held || s == .contested }
+                if superset(store.persisted.states[location]) { continue }
+                let peerKnows = views[1 - x].map { $0.oos.contains(loc) } ?? true
+                if peerKnows && superset(peerStore.persisted.states[location]) { continue }
+                unprotected.insert(loc)
+            }
+            if !unprotected.isEmpty {
+                invariantReported = true
+                fail(.invariant, "\(nodeName(x)) holds its own writes of \(names(unprotected)) that \(nodeName(1 - x)) lacks, with no durable superset bit")
+            }
             if let core = nodes[x].core {
                 let selfCheck = core.checkInvariants()
                 if !selfCheck.isEmpty {

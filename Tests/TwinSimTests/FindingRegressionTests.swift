@@ -14,4 +14,14 @@ import Testing
         #expect(run.status == 0, "finding \(finding) (seed \(seed)) is back:\n\(run.lastLines)")
         #expect(run.output.contains("seed \(seed): ok"), "finding \(finding):\n\(run.lastLines)")
     }
+
+    /// Finding 10: after a power loss undid a node's own writes that the peer held, the node's restored superset bit
+    /// was cleared by an ack (or its forced pull was lost with the connection) before the peer's copy came back; both
+    /// nodes then answered each other "in sync" and the older copy stayed (divergence, lost or stale reads).
+    @Test(arguments: [(947 as UInt64, true), (17387, true), (17387, false), (6305, false), (6566, false)])
+    func aNodeWhoseStoreWentBackwardsIsBroughtForward(seed: UInt64, harshDisks: Bool) throws {
+        let run = try ToolProcess(["--seed", "\(seed)"] + (harshDisks ? ["--harsh-disks"] : [])).wait()
+        #expect(run.status == 0, "finding 10 (seed \(seed), harsh disks: \(harshDisks)) is back:\n\(run.lastLines)")
+        #expect(run.output.contains("seed \(seed): ok"), "finding 10:\n\(run.lastLines)")
+    }
 }

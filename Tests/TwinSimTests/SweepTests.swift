@@ -96,14 +96,9 @@ enum ToolError: Error { case missing }
                         "invalidateBeforeAck", "ignoreStalePushes", "answerInSyncOnlyIfKnown", "tieBreakConcurrentMarks"]
     static let seedBound = 300
 
-    /// Rules whose violation needs a power loss inside a slow persist: the ordinary swarm almost never lands one (not
-    /// caught in 3,000 seeds), so these are hunted with the harsh-disk profile (Docs/TESTING.md).
-    static let harshDiskRules: Set<String> = ["persistSupersetBeforeWrite"]
-
     @Test(arguments: rules)
     func switchedOffRuleIsCaughtWithinTheSeedBound(rule: String) throws {
-        let profile = Self.harshDiskRules.contains(rule) ? ["--harsh-disks"] : []
-        let run = try ToolProcess(["--seeds", "0..\(Self.seedBound - 1)", "--rule-off", rule, "--first-caught"] + profile).wait()
+        let run = try ToolProcess(["--seeds", "0..\(Self.seedBound - 1)", "--rule-off", rule, "--first-caught"]).wait()
         #expect(run.status == 0, "\(rule) switched off was not caught in \(Self.seedBound) seeds:\n\(run.lastLines)")
         #expect(run.output.contains("caught \(rule) at seed"), "\(run.lastLines)")
     }

@@ -34,7 +34,8 @@ binaries() {
     PROXY="$(swift build -c release --show-bin-path)/twinfs-proxy"
 }
 
-mounted() { grep -q " $1 fuse.twinfs " /proc/self/mountinfo; }
+# True if PATH is a twinfs mountpoint now (field 5 of mountinfo; the type follows " - ").
+mounted() { awk -v m="$1" '$5 == m && / - fuse\.twinfs /' /proc/self/mountinfo | grep -q .; }
 
 # Starts a proxy LISTEN_PORT -> TARGET_PORT and waits for its ready line; records its pid for `down`.
 start_proxy() {

@@ -140,7 +140,7 @@ public final class Volume: @unchecked Sendable {
         var p = Plan.writing(parent)
         if let ino {
             p.write(.inode(ino), full: true)
-            p.hint.nextInodes = (1...8).map { ino &+ $0 }
+            p.hint.nextInodes = (1...UInt64(FilesystemPrediction.createWindowInodes)).map { ino &+ $0 }
         }
         return p
     }

@@ -45,7 +45,7 @@ final class MirrorRuntime: @unchecked Sendable {
         let config = MirrorConfig(node: me, peer: peer, peerTimeoutTicks: Tick(peerTimeoutMs))
         volume.fsyncMirror = fsyncMirror
         let box = LinkBox()
-        shell = MirrorShell(volume: volume, config: config, recovered: recovered) { message in
+        shell = MirrorShell(volume: volume, config: config, prediction: FilesystemPrediction(), recovered: recovered) { message in
             guard let link = box.link else { return false }
             switch link.trySend(message) {
             case .queued: return true

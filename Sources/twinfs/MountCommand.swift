@@ -139,19 +139,29 @@ struct MountCommand: ParsableCommand {
     }
 }
 
-/// The mountpoint where `store` is mounted (our fsname is the store's absolute path), or nil.
-func mountpointOfStore(_ store: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+/// Every twinfs mount in this namespace: (mountpoint, store). Our fsname is the store's absolute path.
+func twinfsMounts() -> [(mountpoint: String, store: String)] {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+    var out: [(mountpoint: String, store: String)] = []
     for line in text.split(separator: "\n") {
         // ... mountpoint(5th) ... " - " fstype source options
         let halves = line.components(separatedBy: " - ")
         guard halves.count == 2 else { continue }
         let left = halves[0].split(separator: " "), right = halves[1].split(separator: " ")
         guard left.count >= 5, right.count >= 2, right[0] == "fuse.twinfs" else { continue }
-        let source = unescapeMountinfo(String(right[1]))
-        if source == store { return unescapeMountinfo(String(left[4])) }
+        out.append((unescapeMountinfo(String(left[4])), unescapeMountinfo(String(right[1]))))
     }
-    return nil
+    return out
+}
+
+/// The mountpoint where `store` is mounted, or nil.
+func mountpointOfStore(_ store: String) -> String? {
+    twinfsMounts().first { $0.store == store }?.mountpoint
+}
+
+/// The store mounted at `path`, or nil if `path` is not a twinfs mountpoint.
+func storeOfMountpoint(_ path: String) -> String? {
+    twinfsMounts().first { $0.mountpoint == path }?.store
 }
 
 /// mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...).

@@ -49,19 +49,6 @@ struct StatusCommand: ParsableCommand {
     }
 }
 
-/// The store mounted at `path` (our fsname is the store's path), or nil if `path` is not a twinfs mountpoint.
-func storeOfMountpoint(_ path: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") {
-        let halves = line.components(separatedBy: " - ")
-        guard halves.count == 2 else { continue }
-        let left = halves[0].split(separator: " "), right = halves[1].split(separator: " ")
-        guard left.count >= 5, right.count >= 2, right[0] == "fuse.twinfs" else { continue }
-        if unescapeMountinfo(String(left[4])) == path { return unescapeMountinfo(String(right[1])) }
-    }
-    return nil
-}
-
 private func printLive(_ live: [String: Any]) {
     let peer = live["peer"] as? [String: Any] ?? [:]
     let mirror = live["mirror"] as? [String: Any] ?? [:]

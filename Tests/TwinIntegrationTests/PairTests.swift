@@ -176,6 +176,53 @@ final class PairTests: PairTestCase {
     }
 }
 
+/// fsync and a missing peer.
+final class PairDurabilityTests: PairTestCase {
+    /// fsync=mirror (the default): when fsync returns, the peer's store already holds the data.
+    func testFsyncReturnsOnlyOnceThePeerStoreHoldsTheData() throws {
+        let p = try startPair()
+        let script = #"""
+            import os, sys
+            mnt, peer_store = sys.argv[1], sys.argv[2]
+            for round in range(5):
+                data = os.urandom(300000 + round)
+                fd = os.open(os.path.join(mnt, "synced%d" % round), os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, data)
+                os.fsync(fd)
+                ino = os.fstat(fd).st_ino
+                os.close(fd)
+                # The peer's copy, read straight from its store (data/XX/<ino hex>), right after fsync returned.
+                path = os.path.join(peer_store, "data", "%02x" % (ino & 0xff), "%x" % ino)
+                with open(path, "rb") as f: got = f.read()
+                if got[:len(data)] != data:
+                    print("round %d: the peer's store has %d matching bytes of %d" % (round, sum(1 for a, b in zip(got, data) if a == b), len(data)))
+                    sys.exit(1)
+            print("ok")
+            """#
+        XCTAssertSucceeds(Commands.python(script, args: [p.a.mountpoint, p.storeB]), "fsync=mirror")
+    }
+
+    /// Without its peer a node serves what it holds and fails the rest with EIO after peer_timeout, never stale data.
+    func testWithoutThePeerOnlyWhatANodeHoldsIsServedAndTheRestFailsWithEIO() throws {
+        let p = try startPair(options: ["allow_other", "peer_timeout=2"])
+        shell(
+            """
+            echo mine > \(quote(p.a.mountpoint))/mine
+            mkdir \(quote(p.b.mountpoint))/theirs && echo theirs > \(quote(p.b.mountpoint))/theirs/file
+            cat \(quote(p.a.mountpoint))/mine >/dev/null
+            """)
+        p.b.killHard()
+        let started = Date()
+        let r = Commands.sh("cat \(quote(p.a.mountpoint))/theirs/file")
+        let waited = Date().timeIntervalSince(started)
+        XCTAssertFalse(r.ok, "a location the lost peer held is not served: \(r)")
+        XCTAssertTrue(r.stderr.contains("Input/output error"), "it fails with EIO: \(r)")
+        XCTAssertGreaterThanOrEqual(waited, 1.5, "it waited for the peer first")
+        XCTAssertLessThan(waited, 20, "and not much longer than peer_timeout")
+        shell("test \"$(cat \(quote(p.a.mountpoint))/mine)\" = mine && echo more >> \(quote(p.a.mountpoint))/mine")
+    }
+}
+
 /// The pair behind a WAN-like link (the delaying proxy, 5 ms each way): held tracks cost no round trip, and a
 /// cold read on the other node pulls the data.
 final class PairOverWANTests: PairTestCase {

@@ -69,6 +69,9 @@ public final class MirrorNode {
     /// first, it would reach the peer before the answer, whose MOOS-clearing would then undo the mark's MOOS.
     var answering: [Location: Int] = [:]
     var nextReplyKey: UInt64 = 0
+    /// Locations where a local read lost a pull answer to a grant of ours: the peer's next marks for them wait for
+    /// the read (`starvedReadAwaitsAnswer`, finding 7). Bounded by the locations local reads wait for.
+    var starvedReads: Set<Location> = []
 
     var flushes: [FlushID: Flush] = [:]
     var flushNeeds: [Location: Int] = [:]
@@ -490,10 +493,12 @@ public final class MirrorNode {
         if bits.oos(l) { enqueuePush(l) }
         if let ds = deferred.at(l), !blocked(l) {
             deferred[l] = nil
+            let holdMarks = starvedReadAwaitsAnswer(l)
             for d in ds {
                 switch d {
                 case .pull(let id, let force): answerPull(l, pullID: id, forceData: force)
                 case .mark(let id, let item):
+                    if holdMarks { deferred[l, default: []].append(d); continue }
                     var reply = PendingReply(id: id, epoch: epoch)
                     grantOrRefuse(item, &reply)
                     finishReply(reply)
@@ -532,6 +537,38 @@ public final class MirrorNode {
             if op.index < op.items.count && op.items[op.index].location != l { return true }
         }
         return false
+    }
+
+    /// Finding 7: a local read waits at `l` for the answer to our pull. Granting the peer's mark makes that answer
+    /// worthless (the grant cancels the pull: the answer may predate the peer's token), so the read pulls again, and
+    /// under contention again and again. The first time this happens to a read of `l` is allowed (writers keep their
+    /// speed in the common case); from then on the peer's marks for `l` wait until the read has its answer and is done
+    /// (the read's lock release processes them). So a read pulls at most twice once it is first in line for `l`.
+    /// No deadlock: the read holds only locations up to `l`, the marker's operation waits on `l` or a later one.
+    func starvedReadAwaitsAnswer(_ l: Location) -> Bool {
+        !starvedReads.isEmpty && starvedReads.contains(l) && readAwaitsAnswer(l)
+    }
+
+    func readAwaitsAnswer(_ l: Location) -> Bool {
+        guard pulls.at(l) != nil, connected else { return false }
+        func readsHere(_ w: OperationID) -> Bool {
+            guard let op = ops[w], op.phase == .netWait || op.phase == .lockWait, op.index < op.items.count else {
+                return false
+            }
+            let it = op.items[op.index]
+            return it.location == l && it.access == .read
+        }
+        // Holding `l` and waiting for the answer itself.
+        if let ws = netWaiters.at(l), ws.contains(where: { ops[$0]?.holdsCurrent == true && readsHere($0) }) { return true }
+        // Next in line for the lock (its pull went out early, with the operation), behind holders that are past `l`
+        // and so need nothing more of the peer for it. Never behind a local writer waiting at `l` for the token:
+        // that is the tie-break case, and holding the peer's mark there would stall both nodes.
+        guard let lk = locks.at(l), let first = lk.waiters.first, readsHere(first) else { return false }
+        return lk.holders.allSatisfy { h in
+            guard let op = ops[h] else { return true }
+            return op.phase == .granted || op.phase == .durableWait
+                || (op.index < op.items.count && op.items[op.index].location != l)
+        }
     }
 
     /// Another operation needs a location granted for someone else's full overwrite: the copy is possibly stale, so
@@ -665,7 +702,7 @@ public final class MirrorNode {
         observe(clock: m.clock)
         var reply = PendingReply(id: m.id, epoch: epoch)
         for item in m.items {
-            if blocked(item.location) {
+            if blocked(item.location) || starvedReadAwaitsAnswer(item.location) {
                 deferred[item.location, default: []].append(.mark(id: m.id, item: item))
             } else {
                 grantOrRefuse(item, &reply)
@@ -683,6 +720,7 @@ public final class MirrorNode {
             return
         }
         let before = persisted(l)
+        if readAwaitsAnswer(l) { starvedReads.insert(l) }  // this grant costs the read its answer (finding 7)
         cancelPull(l)
         // A grant of ours whose data are still landing is given back: the peer asked after granting it.
         landing[l] = nil
@@ -810,6 +848,9 @@ public final class MirrorNode {
         } else {
             bits.setToken(l, .mos)
         }
+        // A token just granted is warm even if no operation used it yet (predicted locations): releasing it at
+        // the next tick would throw the prediction away.
+        if config.release.enabled { hot.insert(l) }
         touch(l, before)
     }
 
@@ -866,7 +907,7 @@ public final class MirrorNode {
         switch a.content {
         case .inSync:
             let solicited = a.pullID != 0 && pulls[l] == a.pullID
-            if solicited { pulls[l] = nil }
+            if solicited { pulls[l] = nil; starvedReads.remove(l) }
             if solicited && bits.token(l) == .moos {
                 let before = persisted(l)
                 bits.setToken(l, .none)
@@ -984,7 +1025,7 @@ public final class MirrorNode {
         if stored == w.version && !w.localWriteSince && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
         switch w.kind {
         case .answer(let clears):
-            if clears { pulls[l] = nil }
+            if clears { pulls[l] = nil; starvedReads.remove(l) }
             if clears && bits.token(l) == .moos {
                 let before = persisted(l)
                 bits.setToken(l, .none)
@@ -1186,7 +1227,7 @@ public final class MirrorNode {
         supersetPending = [:]; supersetQueue = []; ops = [:]; locks = [:]; netWaiters = [:]; durableWaiters = []
         outMarks = [:]; markOf = [:]; landing = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
-        deferred = [:]; replies = [:]; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
+        deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
         releaseScan = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         oosNonEmptySince = now
     }

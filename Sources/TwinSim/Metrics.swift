@@ -9,6 +9,10 @@ public struct SimMetrics: Sendable {
     public var operationsCompleted = 0
     public var operationsFailed = 0
     public var reads = 0
+    /// Reads (reads, stats, readdirs) that failed, and the slowest completed read in mean round trips: the
+    /// figures of finding 7 (reads starved by the peer's writes under contention).
+    public var readsFailed = 0
+    public var readRoundTripsMax = 0.0
     public var writes = 0
     public var fsyncs = 0
     public var writtenTracks = 0
@@ -39,7 +43,8 @@ public struct SimMetrics: Sendable {
 
     public mutating func merge(_ o: SimMetrics) {
         operations += o.operations; operationsCompleted += o.operationsCompleted; operationsFailed += o.operationsFailed
-        reads += o.reads; writes += o.writes; fsyncs += o.fsyncs; writtenTracks += o.writtenTracks; writtenLocations += o.writtenLocations; localOperations += o.localOperations
+        reads += o.reads; readsFailed += o.readsFailed; readRoundTripsMax = max(readRoundTripsMax, o.readRoundTripsMax)
+        writes += o.writes; fsyncs += o.fsyncs; writtenTracks += o.writtenTracks; writtenLocations += o.writtenLocations; localOperations += o.localOperations
         markRequests += o.markRequests; markedLocations += o.markedLocations; pullRequests += o.pullRequests
         for (k, v) in o.messagesByKind { messagesByKind[k, default: 0] += v }
         roundTripsTotal += o.roundTripsTotal; crashes += o.crashes; disconnects += o.disconnects; events += o.events
@@ -75,6 +80,7 @@ public struct SimMetrics: Sendable {
         return "ops=\(operations) done=\(operationsCompleted) failed=\(operationsFailed) "
             + "rtt/op=\(f(roundTripsPerOperation)) marks/written-track=\(f(marksPerWrittenTrack)) marks/written-location=\(f(marksPerWrittenLocation)) "
             + "pulls/read=\(f(pullsPerRead)) local=\(f(localFraction)) core-waits/op=\(f(coreRoundTripsPerOperation)) "
-            + "marks=\(markRequests) marked-locations=\(markedLocations) pulls=\(pullRequests)"
+            + "marks=\(markRequests) marked-locations=\(markedLocations) pulls=\(pullRequests) "
+            + "reads-failed=\(readsFailed) max-read-rtt=\(f(readRoundTripsMax))"
     }
 }

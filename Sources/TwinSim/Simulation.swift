@@ -608,6 +608,7 @@ public final class Simulation {
         if let error {
             history.complete(id, atUs: queue.nowUs, outcome: .failed(error))
             metrics.operationsFailed += 1
+            if op.op.writes.isEmpty && op.op.category != .fsync { metrics.readsFailed += 1 }
             log("\(nodeName(node)) op#\(id) FAILED: \(error)")
         } else {
             if options.kernelCache {
@@ -618,6 +619,9 @@ public final class Simulation {
             metrics.operationsCompleted += 1
             let latency = Double(queue.nowUs - history.op(id).invokeUs)
             metrics.roundTripsTotal += latency / network.meanRoundTripUs
+            if op.op.writes.isEmpty && op.op.category != .fsync {
+                metrics.readRoundTripsMax = max(metrics.readRoundTripsMax, latency / network.meanRoundTripUs)
+            }
             if nodes[node].requestsSent == op.requestsAtStart { metrics.localOperations += 1 }
             log("\(nodeName(node)) op#\(id) done" + (reads.isEmpty ? "" : " read \(reads.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })"))
         }

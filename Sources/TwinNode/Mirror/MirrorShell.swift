@@ -61,9 +61,14 @@ public final class MirrorShell: @unchecked Sendable {
     private var lastTickMs: UInt64 = 0
     private var wakeAtMs: UInt64 = .max
 
+    /// Actions of core steps not performed yet, in step order. Steps happen under `condition` on any thread (a
+    /// FUSE thread steps its own request and finish: no thread hop when the core grants at once); only the
+    /// executor performs actions, in this order.
+    private var queued: [Action] = []
+    private var fastGrant: [Action] = []
+
     // Executor-only state.
     private var pending: [Event] = []
-    private var actions: [Action] = []
     private var persistToken: CompletionToken?
     private var syncedWrites: [(CompletionToken, Version)] = []
     private var syncInodes: Set<UInt64> = []
@@ -151,8 +156,15 @@ public final class MirrorShell: @unchecked Sendable {
         }
         let id = OperationID(nextOperation)
         nextOperation += 1
+        fastGrant.removeAll(keepingCapacity: true)
+        core.step(.operationRequested(OperationRequest(id: id, items: items, hint: hint)), into: &fastGrant)
+        if queued.isEmpty, fastGrant.count == 1, case .grant(let granted, let stamps) = fastGrant[0], granted == id {
+            // Everything held already: nothing to send, persist or wait for.
+            condition.unlock()
+            return (id, stamps)
+        }
         waiters[id] = waiter
-        inbox.append(.operationRequested(OperationRequest(id: id, items: items, hint: hint)))
+        queued += fastGrant
         condition.signal()
         condition.unlock()
         waiter.semaphore.wait()
@@ -165,8 +177,9 @@ public final class MirrorShell: @unchecked Sendable {
 
     func finish(_ id: OperationID, unwritten: [Location]) {
         condition.lock()
-        inbox.append(.operationFinished(id, unwritten: unwritten))
-        condition.signal()
+        let before = queued.count
+        core.step(.operationFinished(id, unwritten: unwritten), into: &queued)
+        if queued.count > before { condition.signal() }
         condition.unlock()
     }
 
@@ -205,7 +218,7 @@ public final class MirrorShell: @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
-            while inbox.isEmpty && !stopping {
+            while inbox.isEmpty && queued.isEmpty && !stopping {
                 let now = nowMs
                 if now >= lastTickMs + Self.tickMs || now >= wakeAtMs { break }
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(Self.tickMs) / 1000))
@@ -239,14 +252,21 @@ public final class MirrorShell: @unchecked Sendable {
         }
     }
 
+    /// Performs queued actions and steps pending events (completions that performing produces included) until
+    /// both are empty. Called with `condition` held.
     private func drain() {
-        var i = 0
-        while i < pending.count {
-            let event = pending[i]
-            i += 1
-            actions.removeAll(keepingCapacity: true)
-            core.step(event, into: &actions)
-            for action in actions { perform(action) }
+        var next = 0
+        while true {
+            if !queued.isEmpty {
+                let batch = queued
+                queued.removeAll(keepingCapacity: true)
+                for action in batch { perform(action) }
+                continue
+            }
+            guard next < pending.count else { break }
+            let event = pending[next]
+            next += 1
+            core.step(event, into: &queued)
         }
         pending.removeAll(keepingCapacity: true)
     }

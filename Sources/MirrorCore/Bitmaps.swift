@@ -1,20 +1,83 @@
-// MirrorCore — dense per-inode bitmaps for the token (none/MOOS/MOS, 2 bits) and OOS (1 bit) of every location.
-// Owns: the bulk memory of the protocol: 3 bits per track in memory (16M tracks = 6 MiB), nothing for untouched
-// inodes. Illegal MOS+MOOS is unrepresentable: the token is one 2-bit enum.
+// MirrorCore — dense per-inode bitmaps for the token (none/MOOS/MOS) and OOS of every location.
+// Owns: the bulk memory of the protocol: 2 bits per track in memory (16M tracks = 4 MiB), nothing for untouched
+// inodes. Each track is one 2-bit code: none, MOOS, MOS, or OOS. An OOS track's token is the inode's `oosToken`
+// (the token its OOS tracks share in bulk: MOS for a writer's unsent backlog, MOOS for a restored superset) or, where
+// it differs, an entry in the inode's small exception table: O(active locations), not O(tracks). Illegal MOS+MOOS is
+// unrepresentable: a track has one token.
 // Must never: hold per-location objects for the bulk; in-flight detail lives in the core's small dictionaries.
+
+/// 2-bit codes of a track. 0-2 are the token (TokenState raw values) without OOS; 3 is OOS with the token elsewhere.
+private let oosCode: UInt64 = 3
+/// Low bit of every 2-bit pair (for finding pairs equal to 3 in a word).
+private let pairLowBits: UInt64 = 0x5555_5555_5555_5555
 
 struct InodeBits {
     /// Token of the inode record (2 bits) and its OOS bit.
     var recordToken: TokenState = .none
     var recordOOS = false
-    /// Tracks: 2 bits each, 32 per word (value = TokenState.rawValue).
-    var tokens: [UInt64] = []
-    /// Tracks: 1 bit each, 64 per word.
-    var oos: [UInt64] = []
+    /// Tracks: one 2-bit code each, 32 per word.
+    var codes: [UInt64] = []
+    /// Token of the OOS tracks not listed in `exceptions`; chosen by the first OOS track after none were left, and
+    /// switched to the majority when exceptions outnumber the rest.
+    var oosToken: TokenState = .none
+    /// OOS tracks (code 3) of this inode.
+    var oosTracks = 0
+    /// OOS tracks whose token differs from `oosToken`.
+    var exceptions: [UInt64: TokenState] = [:]
     /// Number of locations of this inode with a non-none token or OOS (the inode is dropped at zero).
     var live = 0
     /// Push scan cursor (a slot: 0 is the record, t + 1 is track t) for the background copy.
     var pushCursor: UInt64 = 0
+
+    @inline(__always) func code(_ t: UInt64) -> UInt64 {
+        let w = Int(t >> 5)
+        return w < codes.count ? (codes[w] >> ((t & 31) * 2)) & 3 : 0
+    }
+
+    @inline(__always) mutating func setCode(_ t: UInt64, _ c: UInt64) {
+        let w = Int(t >> 5)
+        if w >= codes.count { codes.append(contentsOf: repeatElement(0, count: w - codes.count + 1)) }
+        let sh = (t & 31) * 2
+        codes[w] = (codes[w] & ~(3 << sh)) | (c << sh)
+    }
+
+    /// The token of an OOS (code 3) track.
+    @inline(__always) func oosTrackToken(_ t: UInt64) -> TokenState {
+        exceptions.isEmpty ? oosToken : (exceptions[t] ?? oosToken)
+    }
+
+    @inline(__always) func token(ofTrack t: UInt64) -> TokenState {
+        let c = code(t)
+        return c == oosCode ? oosTrackToken(t) : TokenState(rawValue: UInt8(c))!
+    }
+
+    /// Records the token of an OOS track (exception or not).
+    mutating func setOOSTrackToken(_ t: UInt64, _ tok: TokenState) {
+        if tok != oosToken { exceptions[t] = tok; rebalanceIfNeeded() } else if !exceptions.isEmpty { exceptions[t] = nil }
+    }
+
+    /// Keeps exceptions a minority of the OOS tracks: when they are more than half (and not few), the most common
+    /// token becomes `oosToken`. Cost O(words of the inode), paid only after at least as many exception inserts.
+    mutating func rebalanceIfNeeded() {
+        guard exceptions.count > 64 && exceptions.count * 2 > oosTracks else { return }
+        var counts = [0, 0, 0]
+        counts[Int(oosToken.rawValue)] = oosTracks - exceptions.count
+        for (_, tok) in exceptions { counts[Int(tok.rawValue)] += 1 }
+        let best = TokenState(rawValue: UInt8(counts.indices.max { counts[$0] < counts[$1] }!))!
+        guard best != oosToken else { return }
+        var rebuilt: [UInt64: TokenState] = [:]
+        for (w, word) in codes.enumerated() {
+            var m = word & (word >> 1) & pairLowBits
+            while m != 0 {
+                let t = UInt64(w) * 32 + UInt64(m.trailingZeroBitCount / 2)
+                let tok = exceptions[t] ?? oosToken
+                if tok != best { rebuilt[t] = tok }
+                m &= m - 1
+            }
+        }
+        oosToken = best
+        exceptions = rebuilt
+    }
 }
 
 /// Reference type on purpose: reads update a one-entry inode cache, so consecutive operations on one file (the common
@@ -56,20 +119,14 @@ final class LocationBits {
     func token(_ l: Location) -> TokenState {
         guard let i = find(l.ino) else { return .none }
         if l.slot == 0 { return slots[i].recordToken }
-        let t = l.slot - 1
-        let w = Int(t >> 5)
-        guard w < slots[i].tokens.count else { return .none }
-        return TokenState(rawValue: UInt8((slots[i].tokens[w] >> ((t & 31) * 2)) & 3))!
+        return slots[i].token(ofTrack: l.slot - 1)
     }
 
     @inline(__always)
     func oos(_ l: Location) -> Bool {
         guard let i = find(l.ino) else { return false }
         if l.slot == 0 { return slots[i].recordOOS }
-        let t = l.slot - 1
-        let w = Int(t >> 6)
-        guard w < slots[i].oos.count else { return false }
-        return (slots[i].oos[w] >> (t & 63)) & 1 == 1
+        return slots[i].code(l.slot - 1) == oosCode
     }
 
     func state(_ l: Location) -> LocationState { LocationState(token: token(l), outOfSync: oos(l)) }
@@ -94,12 +151,7 @@ final class LocationBits {
         let i = findOrCreate(l.ino)
         if l.slot == 0 { slots[i].recordToken = new } else {
             let t = l.slot - 1
-            let w = Int(t >> 5)
-            if w >= slots[i].tokens.count {
-                slots[i].tokens.append(contentsOf: repeatElement(0, count: w - slots[i].tokens.count + 1))
-            }
-            let sh = (t & 31) * 2
-            slots[i].tokens[w] = (slots[i].tokens[w] & ~(3 << sh)) | (UInt64(new.rawValue) << sh)
+            if hasOOS { slots[i].setOOSTrackToken(t, new) } else { slots[i].setCode(t, UInt64(new.rawValue)) }
         }
         settle(i, l.ino, (isLive ? 1 : 0) - (wasLive ? 1 : 0))
         return old
@@ -117,11 +169,17 @@ final class LocationBits {
         let i = findOrCreate(l.ino)
         if l.slot == 0 { slots[i].recordOOS = new } else {
             let t = l.slot - 1
-            let w = Int(t >> 6)
-            if w >= slots[i].oos.count {
-                slots[i].oos.append(contentsOf: repeatElement(0, count: w - slots[i].oos.count + 1))
+            if new {
+                // The first OOS track after none were left sets the inode's bulk token: no exception for it.
+                if slots[i].oosTracks == 0 { slots[i].oosToken = tok }
+                slots[i].oosTracks += 1
+                slots[i].setCode(t, oosCode)
+                slots[i].setOOSTrackToken(t, tok)
+            } else {
+                if !slots[i].exceptions.isEmpty { slots[i].exceptions[t] = nil }
+                slots[i].oosTracks -= 1
+                slots[i].setCode(t, UInt64(tok.rawValue))
             }
-            if new { slots[i].oos[w] |= 1 << (t & 63) } else { slots[i].oos[w] &= ~(1 << (t & 63)) }
         }
         if new && l.slot < slots[i].pushCursor { slots[i].pushCursor = l.slot }
         settle(i, l.ino, (isLive ? 1 : 0) - (wasLive ? 1 : 0))
@@ -143,16 +201,17 @@ final class LocationBits {
     func oosLocations(ino: UInt64, fromSlot: UInt64, limit: Int, into out: inout [Location]) {
         guard let i = find(ino), limit > 0 else { return }
         if fromSlot == 0 && slots[i].recordOOS { out.append(.inode(ino)) }
+        guard slots[i].oosTracks > 0 else { return }
         let fromTrack = fromSlot == 0 ? 0 : fromSlot - 1
-        var w = Int(fromTrack >> 6)
+        var w = Int(fromTrack >> 5)
         var first = true
-        while w < slots[i].oos.count && out.count < limit {
-            var word = slots[i].oos[w]
-            if first { word &= ~0 << (fromTrack & 63); first = false }
-            while word != 0 && out.count < limit {
-                let bit = UInt64(word.trailingZeroBitCount)
-                out.append(.track(ino, UInt64(w) * 64 + bit))
-                word &= word - 1
+        while w < slots[i].codes.count && out.count < limit {
+            let word = slots[i].codes[w]
+            var m = word & (word >> 1) & pairLowBits
+            if first { m &= ~0 << ((fromTrack & 31) * 2); first = false }
+            while m != 0 && out.count < limit {
+                out.append(.track(ino, UInt64(w) * 32 + UInt64(m.trailingZeroBitCount / 2)))
+                m &= m - 1
             }
             w += 1
         }
@@ -166,10 +225,15 @@ final class LocationBits {
     /// Every location with MOS set, in `ino` (for the release scan).
     func mosLocations(ino: UInt64, into out: inout [Location]) {
         guard let i = find(ino) else { return }
-        if slots[i].recordToken == .mos { out.append(.inode(ino)) }
-        for (w, word) in slots[i].tokens.enumerated() where word != 0 {
-            for k in 0..<32 where (word >> (UInt64(k) * 2)) & 3 == UInt64(TokenState.mos.rawValue) {
-                out.append(.track(ino, UInt64(w) * 32 + UInt64(k)))
+        let b = slots[i]
+        if b.recordToken == .mos { out.append(.inode(ino)) }
+        for (w, word) in b.codes.enumerated() where word != 0 {
+            for k in 0..<32 as Range<UInt64> {
+                let c = (word >> (k * 2)) & 3
+                let t = UInt64(w) * 32 + k
+                if c == UInt64(TokenState.mos.rawValue) || (c == oosCode && b.oosTrackToken(t) == .mos) {
+                    out.append(.track(ino, t))
+                }
             }
         }
     }
@@ -181,15 +245,30 @@ final class LocationBits {
             if b.recordToken != .none || b.recordOOS {
                 body(.inode(ino), LocationState(token: b.recordToken, outOfSync: b.recordOOS))
             }
-            let n = max(b.tokens.count * 32, b.oos.count * 64)
-            for t in 0..<n {
-                let l = Location.track(ino, UInt64(t))
-                let s = state(l)
-                if s.token != .none || s.outOfSync { body(l, s) }
+            for t in 0..<UInt64(b.codes.count * 32) where b.code(t) != 0 {
+                body(.track(ino, t), LocationState(token: b.token(ofTrack: t), outOfSync: b.code(t) == oosCode))
             }
         }
     }
 
+    /// Internal consistency of the encoding (for `checkInvariants`): per inode, the OOS track count matches the codes,
+    /// and exceptions name only OOS tracks and differ from the inode's bulk token.
+    func encodingProblems() -> [String] {
+        var v: [String] = []
+        for (ino, i) in index {
+            let b = slots[i]
+            let coded = b.codes.reduce(0) { $0 + ($1 & ($1 >> 1) & pairLowBits).nonzeroBitCount }
+            if coded != b.oosTracks { v.append("inode \(ino): \(coded) OOS codes, \(b.oosTracks) counted") }
+            for (t, tok) in b.exceptions where b.code(t) != oosCode || tok == b.oosToken {
+                v.append("inode \(ino): exception for track \(t) (\(tok)) is not needed")
+            }
+        }
+        return v
+    }
+
+    /// Exception entries held (OOS tracks whose token differs from their inode's bulk token): the O(active) part.
+    var exceptionCount: Int { index.values.reduce(0) { $0 + slots[$1].exceptions.count } }
+
     /// Bytes of bitmap words held (for the memory figure).
-    var wordBytes: Int { index.values.reduce(0) { $0 + (slots[$1].tokens.count + slots[$1].oos.count) * 8 } }
+    var wordBytes: Int { index.values.reduce(0) { $0 + slots[$1].codes.count * 8 } }
 }

@@ -16,6 +16,7 @@ extension MirrorNode {
         if oos != bits.oosCount || moos != bits.moosCount || mos != bits.mosCount {
             v.append("bitmap counts drifted: oos \(oos)/\(bits.oosCount) moos \(moos)/\(bits.moosCount) mos \(mos)/\(bits.mosCount)")
         }
+        v += bits.encodingProblems()
         for (_, op) in ops where op.phase == .granted {
             for it in op.items {
                 let t = bits.token(it.location)

@@ -614,7 +614,8 @@ public final class MirrorNode {
         prediction.predict(needed: items.map(\.location), hint: hint, into: &suggested)
         if !suggested.isEmpty {
             var seen = Set(items.map(\.location))
-            for s in suggested where items.count < config.maxMarkItems {
+            for s in suggested {
+                if items.count >= config.maxMarkItems { break }  // a long window is cut here, not scanned to its end
                 guard !seen.contains(s), bits.token(s) == .none, markOf.at(s) == nil, locks.at(s) == nil,
                       receiving.at(s) == nil, answering.at(s) == nil, grantsUnsent.at(s) == nil else { continue }
                 seen.insert(s)

@@ -252,7 +252,9 @@ public final class PeerLink: @unchecked Sendable {
     /// Queues `message` on the current connection; false if it was not queued (see `trySend`). Thread-safe.
     @discardableResult public func send(_ message: Message) -> Bool { trySend(message) == .queued }
 
-    public func trySend(_ message: Message) -> SendResult {
+    /// `epoch`: send only on that connection (a message the core produced for an earlier connection must not
+    /// reach the peer on a later one, ahead of that connection's hello).
+    public func trySend(_ message: Message, epoch: UInt64? = nil) -> SendResult {
         let maxPayload = config.limits.maxFrameBytes - 1 - FrameLimits.macBytes
         guard let parts = MessageCodec.split(message, maxPayloadBytes: maxPayload) else { return .tooLarge }
         var items: [OutboundItem] = []
@@ -266,7 +268,7 @@ public final class PeerLink: @unchecked Sendable {
         lock.lock()
         let ob = outbox
         lock.unlock()
-        guard let o = ob else { return .notConnected }
+        guard let o = ob, epoch.map({ $0 == o.epoch }) ?? true else { return .notConnected }
         guard o.reserve(bytes: total, frames: items.count) else { return .queueFull }
         for item in items {
             let size = item.payload.count + FrameLimits.lengthBytes + 1 + FrameLimits.macBytes

@@ -45,24 +45,102 @@ final class MirrorRuntime: @unchecked Sendable {
         let config = MirrorConfig(node: me, peer: peer, peerTimeoutTicks: Tick(peerTimeoutMs))
         volume.fsyncMirror = fsyncMirror
         let box = LinkBox()
-        shell = MirrorShell(volume: volume, config: config, prediction: FilesystemPrediction(), recovered: recovered) { message in
-            guard let link = box.link else { return false }
-            switch link.trySend(message) {
-            case .queued: return true
-            case .notConnected: return false
-            case .queueFull, .tooLarge:
-                // The core counts on delivery while a connection lasts: end this one, and its re-send after the
-                // next handshake covers what was lost.
-                link.dropConnection()
-                return false
-            }
+        shell = MirrorShell(volume: volume, config: config, prediction: FilesystemPrediction(), recovered: recovered) { message, epoch in
+            box.send(message, epoch: epoch)
         }
         shell.log = { line in Self.log(line) }
         self.box = box
     }
 
     private let box: LinkBox
-    final class LinkBox: @unchecked Sendable { var link: PeerLink? }
+
+    /// The way to the peer, with a backlog: the core counts on delivery, in order, while a connection lasts, so a
+    /// full outbox holds messages here until the link says it is writable again. Beyond `maxBacklogBytes` (or a
+    /// message too large for a frame) the connection is ended instead; the core re-sends after the handshake.
+    final class LinkBox: @unchecked Sendable {
+        static let maxBacklogBytes = 256 << 20
+        var link: PeerLink?
+        private let lock = NSLock()
+        private var backlog: [Message] = []
+        private var backlogBytes = 0
+
+        private var backlogEpoch: UInt64 = 0
+
+        func send(_ message: Message, epoch: UInt64) -> Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            guard let link, epoch != 0 else { return false }
+            if !backlog.isEmpty {
+                guard epoch == backlogEpoch else { return false }
+                return hold(message, link)
+            }
+            switch link.trySend(message, epoch: epoch) {
+            case .queued: return true
+            case .notConnected: return false
+            case .queueFull:
+                backlogEpoch = epoch
+                return hold(message, link)
+            case .tooLarge:
+                MirrorRuntime.log("a message does not fit in a frame; reconnecting")
+                link.dropConnection()
+                return false
+            }
+        }
+
+        private func hold(_ message: Message, _ link: PeerLink) -> Bool {
+            let bytes = Self.size(message)
+            guard backlogBytes + bytes <= Self.maxBacklogBytes else {
+                MirrorRuntime.log("the link to the peer is \(backlogBytes >> 20) MiB behind; reconnecting")
+                backlog.removeAll()
+                backlogBytes = 0
+                link.dropConnection()
+                return false
+            }
+            backlog.append(message)
+            backlogBytes += bytes
+            return true
+        }
+
+        /// The link drained: send what waited, in order, until it is full again.
+        func writable() {
+            lock.lock()
+            defer { lock.unlock() }
+            guard let link else { return }
+            var sent = 0
+            while sent < backlog.count {
+                let r = link.trySend(backlog[sent], epoch: backlogEpoch)
+                if r == .queueFull { break }
+                if r != .queued {
+                    // The connection is gone: everything pending goes again after the next handshake.
+                    sent = backlog.count
+                    break
+                }
+                sent += 1
+            }
+            for m in backlog[0..<sent] { backlogBytes -= Self.size(m) }
+            backlog.removeFirst(sent)
+        }
+
+        /// A new connection: the previous one's backlog is void (the core re-sends what matters).
+        func reset() {
+            lock.lock()
+            backlog.removeAll()
+            backlogBytes = 0
+            lock.unlock()
+        }
+
+        static func size(_ m: Message) -> Int {
+            switch m {
+            case .push(let p): return p.payload.bytes.count + 64
+            case .pullAnswer(let a):
+                if case .data(let payload, _) = a.content { return payload.bytes.count + 64 }
+                return 64
+            case .markReply(let r): return 64 + r.granted.reduce(0) { $0 + 32 + ($1.data?.bytes.count ?? 0) } + 16 * r.refused.count
+            case .mark(let k): return 64 + 24 * k.items.count
+            default: return 64
+            }
+        }
+    }
 
     static func log(_ line: String) {
         writeStderr("twinfs: \(line)\n")
@@ -98,18 +176,20 @@ final class MirrorRuntime: @unchecked Sendable {
                 switch event {
                 case .connected(let epoch, let info):
                     Self.log("peer \(info.peerName) (node \(info.peerNode.raw)) connected, epoch \(epoch)")
+                    self?.box.reset()
                     shell.post(.connectionUp(epoch: epoch))
                 case .message(let message):
                     shell.post(.received(message))
                 case .disconnected(_, let reason):
                     Self.log("peer disconnected: \(reason)")
+                    self?.box.reset()
                     self?.note(disconnect: "\(reason)")
                     shell.post(.connectionDown)
                 case .rejected(let reason, let remote):
                     Self.log("connection with \(remote) refused: \(reason)")
                     self?.note(rejection: "\(remote): \(reason)")
                 case .writable:
-                    break
+                    self?.box.writable()
                 }
             }
         } catch {

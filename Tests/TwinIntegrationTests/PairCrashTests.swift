@@ -5,8 +5,8 @@ import Foundation
 import XCTest
 
 final class PairCrashTests: PairTestCase {
-    /// The workload: per node two writers overwriting their own files (whole content stamped with a version,
-    /// spanning several tracks), creating and removing files; after each returned write a ledger line.
+    /// The workload: per node two writers replacing their own files (content stamped with a version, up to several
+    /// tracks) through create, write, sometimes fsync, rename; after each returned rename a ledger line.
     static let workload = #"""
         import os, random, sys, threading, time
         node, mnt, ledger_path, seconds, seed = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
@@ -22,17 +22,18 @@ final class PairCrashTests: PairTestCase {
                 # exist, so nothing lands in the bare mountpoint directory underneath.
                 name = "work-%s/w%d-f%d" % (node, w, rnd.randrange(6))
                 body = ("%s %d\n" % (name, version)).encode() * rnd.choice([1, 2000, 15000])
+                # Replaced whole (write a temporary name, rename over): a returned rename means the new
+                # content, a killed one the old; any other content is a loss or a tear.
+                tmp = os.path.join(mnt, name + ".tmp")
                 try:
-                    fd = os.open(os.path.join(mnt, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                     os.write(fd, body)
                     if rnd.random() < 0.2: os.fsync(fd)
                     os.close(fd)
+                    os.rename(tmp, os.path.join(mnt, name))
                 except OSError:
                     time.sleep(0.05); continue
                 with lock: ledger.write("%s %d %d\n" % (name, version, len(body)))
-                if rnd.random() < 0.1:
-                    try: os.unlink(os.path.join(mnt, "%s-tmp" % name)) 
-                    except OSError: pass
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
         for t in threads: t.start()
         for t in threads: t.join()

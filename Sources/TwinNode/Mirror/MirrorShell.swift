@@ -44,7 +44,9 @@ public final class MirrorShell: @unchecked Sendable {
     let recovered: RecoveredState
     /// Sends a message on the current connection; false if it could not be queued (the caller then drops the
     /// connection so the core's re-send after the next handshake covers it).
-    private let send: @Sendable (Message) -> Bool
+    private let send: @Sendable (Message, UInt64) -> Bool
+    /// The connection epoch the core last stepped into (0: none); sends are tied to it.
+    private var coreEpoch: UInt64 = 0
     /// Drops kernel caches for an inode (attributes; data pages are checked against mtime on the next read).
     public var invalidate: (@Sendable (UInt64) -> Void)?
     public var log: (@Sendable (String) -> Void)?
@@ -88,7 +90,7 @@ public final class MirrorShell: @unchecked Sendable {
     public static let tickMs: UInt64 = 20
 
     public init(volume: Volume, config: MirrorConfig, prediction: any PredictionPolicy = StandardPrediction(),
-                recovered: RecoveredState, send: @escaping @Sendable (Message) -> Bool) {
+                recovered: RecoveredState, send: @escaping @Sendable (Message, UInt64) -> Bool) {
         self.volume = volume
         self.core = MirrorNode(config: config, prediction: prediction, recovered: recovered)
         self.recovered = recovered
@@ -266,6 +268,11 @@ public final class MirrorShell: @unchecked Sendable {
             guard next < pending.count else { break }
             let event = pending[next]
             next += 1
+            switch event {
+            case .connectionUp(let epoch): coreEpoch = epoch
+            case .connectionDown: coreEpoch = 0
+            default: break
+            }
             core.step(event, into: &queued)
         }
         pending.removeAll(keepingCapacity: true)
@@ -299,7 +306,7 @@ public final class MirrorShell: @unchecked Sendable {
         switch action {
         case .send(let message):
             if case .push(let p) = message { bytesPushed += UInt64(p.payload.bytes.count) }
-            if !send(message) { droppedSends += 1 }
+            if !send(message, coreEpoch) { droppedSends += 1 }
         case .storeRead(let token, let location):
             do {
                 let image = try volume.mirrorRead(location)

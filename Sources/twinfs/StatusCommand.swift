@@ -31,6 +31,8 @@ struct StatusCommand: ParsableCommand {
             ]
             if let live {
                 for (k, v) in live { object[k] = v }
+            } else if id.pairing != nil {
+                object["persisted"] = try persistedCounts(s)
             }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -44,7 +46,12 @@ struct StatusCommand: ParsableCommand {
             print("tracks:      \(counts.tracks)")
             print("data bytes:  \(counts.dataBytes)")
             if let pairing = id.pairing { print("pair:        listen \(pairing.listen), peer \(pairing.peer)") }
-            if let live { printLive(live) }
+            if let live {
+                printLive(live)
+            } else if id.pairing != nil {
+                let p = try persistedCounts(s)
+                print("not mounted; persisted mirror state: \(p["moos"] ?? 0) maybe out of sync, \(p["held"] ?? 0) held (superset of out of sync), \(p["contested"] ?? 0) both")
+            }
         }
     }
 }
@@ -68,4 +75,10 @@ private func printLive(_ live: [String: Any]) {
     print("messages:    marks \(n(counters, "marksSent")), pulls \(n(counters, "pullsSent")), pushes \(n(counters, "pushesSent")), releases \(n(counters, "releasesSent"))")
     print("rates (/s):  marks \(n(rates, "marks")), pulls \(n(rates, "pulls")), pushes \(n(rates, "pushes")), releases \(n(rates, "releases"))")
     print("errors:      store \(n(errors, "store")), dropped sends \(n(errors, "droppedSends")), unstamped writes \(n(errors, "unstampedWrites"))")
+}
+
+/// The mirror state a stopped paired store will start from (the durable part of its bitmaps).
+private func persistedCounts(_ store: Store) throws -> [String: Int] {
+    let counts = try store.mirrorStateCounts()
+    return ["moos": counts[1] ?? 0, "held": counts[2] ?? 0, "contested": counts[3] ?? 0]
 }

@@ -742,6 +742,9 @@ public final class Volume: @unchecked Sendable {
             let f = try file(handle)
             let size = try record(f.ino).size
             guard offset < size else { throw FSError.system(ENXIO) }
+            // Mirrored, the local data file may still lack tracks the peer wrote (they are pulled on read): its
+            // holes prove nothing, so the whole file is data (always a correct answer; holes are only a hint).
+            if mirror != nil { return whence == .data ? offset : size }
             let result = lseek(f.fd, off_t(offset), whence == .data ? twin_SEEK_DATA : twin_SEEK_HOLE)
             if result < 0 {
                 // No data at or after `offset` (holes up to the end): SEEK_DATA fails, SEEK_HOLE is right here.

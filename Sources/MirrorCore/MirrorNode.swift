@@ -650,12 +650,17 @@ public final class MirrorNode {
     func sendPull(_ locs: [Location]) {
         var plain: [Location] = [], forced: [Location] = []
         for l in locs { if bits.oos(l) || isUncompared(l) { forced.append(l) } else { plain.append(l) } }
+        // At most `maxMarkItems` locations per message: re-sent pulls after a reconnect can be many, frames are bounded.
+        let chunk = max(1, config.maxMarkItems)
         for (group, force) in [(plain, false), (forced, true)] where !group.isEmpty {
-            let id = nextPullID
-            nextPullID += 1
-            for l in group { pulls[l] = id }
-            counters.pullsSent += 1
-            if connected { out.append(.send(.pull(Pull(locations: group, id: id, forceData: force)))) }
+            for start in stride(from: 0, to: group.count, by: chunk) {
+                let part = Array(group[start..<min(start + chunk, group.count)])
+                let id = nextPullID
+                nextPullID += 1
+                for l in part { pulls[l] = id }
+                counters.pullsSent += 1
+                if connected { out.append(.send(.pull(Pull(locations: part, id: id, forceData: force)))) }
+            }
         }
     }
 
@@ -1184,8 +1189,11 @@ public final class MirrorNode {
         }
         if !pulls.isEmpty { sendPull(pulls.keys.sorted()) }
         // Restored copies are compared without waiting for a local read: the forced pull brings the peer's data.
+        // Those still OOS are the background copy's (it compares contested locations at its own pace); the rest lost
+        // their OOS to an ack before their comparison, a set bounded by what was in flight.
         let compare = uncompared.filter {
-            pulls[$0] == nil && bits.token($0) == .moos && answering.at($0) == nil && receiving.at($0) == nil
+            !bits.oos($0) && pulls[$0] == nil && bits.token($0) == .moos && answering.at($0) == nil
+                && receiving.at($0) == nil
         }
         if !compare.isEmpty { sendPull(compare.sorted()) }
         for ino in bits.inodeNumbers { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }

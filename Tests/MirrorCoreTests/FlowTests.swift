@@ -174,4 +174,20 @@ final class FlowTests: XCTestCase {
         XCTAssertEqual(p.core(.a).checkInvariants(), [])
         XCTAssertEqual(p.violations, [])
     }
+
+    // Frames are bounded: a read of many MOOS locations pulls them in messages of at most `maxMarkItems` each.
+    func testALargePullIsSplitIntoBoundedMessages() {
+        let locations = (0..<600 as Range<UInt64>).map { Location.track(4, $0) }
+        let core = MirrorNode(config: MirrorConfig(node: NodeID(1), peer: NodeID(2), maxMarkItems: 256),
+                              prediction: NoPrediction(),
+                              recovered: RecoveredState(entries: locations.map { PersistEntry($0, .moos) },
+                                                        clockReservation: 1 << 16, incarnation: 1))
+        _ = core.step(.connectionUp(epoch: 1))
+        let actions = core.step(.operationRequested(OperationRequest(id: OperationID(1),
+                                                                     items: locations.map { AccessItem($0, .read) })))
+        let pulls = actions.compactMap { a -> Pull? in if case .send(.pull(let p)) = a { return p } else { return nil } }
+        XCTAssertEqual(pulls.map(\.locations.count), [256, 256, 88])
+        XCTAssertEqual(pulls.flatMap(\.locations), locations, "every location once, in order")
+        XCTAssertEqual(Set(pulls.map(\.id)).count, 3, "each message has its own pull id")
+    }
 }

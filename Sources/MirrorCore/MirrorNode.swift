@@ -70,7 +70,8 @@ public final class MirrorNode {
     var answering: [Location: Int] = [:]
     var nextReplyKey: UInt64 = 0
     /// Locations where a local read lost a pull answer to a grant of ours: the peer's next marks for them wait for
-    /// the read (`starvedReadAwaitsAnswer`, finding 7). Bounded by the locations local reads wait for.
+    /// the read (`starvedReadAwaitsAnswer`, finding 7). Dropped when an answer clears MOOS or when no read waits
+    /// there any more (lock release), so bounded by the locations local reads wait for.
     var starvedReads: Set<Location> = []
 
     var flushes: [FlushID: Flush] = [:]
@@ -491,6 +492,8 @@ public final class MirrorNode {
     func afterUnlock(_ l: Location) {
         // The background copy skips locked locations; this is where it gets them back.
         if bits.oos(l) { enqueuePush(l) }
+        // The starved read is done (or no longer next for `l`): forget it, so the set stays bounded by waiting reads.
+        if !starvedReads.isEmpty && starvedReads.contains(l) && !readAwaitsAnswer(l) { starvedReads.remove(l) }
         if let ds = deferred.at(l), !blocked(l) {
             deferred[l] = nil
             let holdMarks = starvedReadAwaitsAnswer(l)

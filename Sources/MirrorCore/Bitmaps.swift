@@ -4,6 +4,10 @@
 // (the token its OOS tracks share in bulk: MOS for a writer's unsent backlog, MOOS for a restored superset) or, where
 // it differs, an entry in the inode's small exception table: O(active locations), not O(tracks). Illegal MOS+MOOS is
 // unrepresentable: a track has one token.
+// While a fresh store joins (`RecoveredState.joining`), a location with no explicit state reads as MOOS (the peer may
+// hold anything): the default costs nothing, and only locations touched since get explicit state, plus one
+// "compared" bit per track of a touched inode (the peer's data landed or a local write superseded them), dropped
+// when the join completes.
 // Must never: hold per-location objects for the bulk; in-flight detail lives in the core's small dictionaries.
 
 /// 2-bit codes of a track. 0-2 are the token (TokenState raw values) without OOS; 3 is OOS with the token elsewhere.
@@ -28,6 +32,16 @@ struct InodeBits {
     var live = 0
     /// Push scan cursor (a slot: 0 is the record, t + 1 is track t) for the background copy.
     var pushCursor: UInt64 = 0
+    /// Joining only: one bit per track (and one for the record) set once the location was compared with the peer.
+    var compared: [UInt64] = []
+    var recordCompared = false
+    /// Compared bits set (the inode keeps its slot while any is set).
+    var comparedCount = 0
+
+    @inline(__always) func comparedTrack(_ t: UInt64) -> Bool {
+        let w = Int(t >> 6)
+        return w < compared.count && (compared[w] >> (t & 63)) & 1 == 1
+    }
 
     @inline(__always) func code(_ t: UInt64) -> UInt64 {
         let w = Int(t >> 5)
@@ -115,11 +129,87 @@ final class LocationBits {
         return i
     }
 
+    /// While joining: unknown locations read as MOOS until compared (see the header).
+    private(set) var joining = false
+
     @inline(__always)
     func token(_ l: Location) -> TokenState {
+        guard let i = find(l.ino) else { return joining ? .moos : .none }
+        let tok = l.slot == 0 ? slots[i].recordToken : slots[i].token(ofTrack: l.slot - 1)
+        if tok == .none && joining && !comparedBit(i, l) { return .moos }
+        return tok
+    }
+
+    /// The token recorded in the bitmap, without the joining default.
+    @inline(__always)
+    private func explicitToken(_ l: Location) -> TokenState {
         guard let i = find(l.ino) else { return .none }
         if l.slot == 0 { return slots[i].recordToken }
         return slots[i].token(ofTrack: l.slot - 1)
+    }
+
+    @inline(__always) private func comparedBit(_ i: Int, _ l: Location) -> Bool {
+        l.slot == 0 ? slots[i].recordCompared : slots[i].comparedTrack(l.slot - 1)
+    }
+
+    /// Joining: the location was compared with the peer (its data landed, or a local write superseded them).
+    func isCompared(_ l: Location) -> Bool {
+        guard joining, let i = find(l.ino) else { return false }
+        return comparedBit(i, l)
+    }
+
+    /// Joining: a location with no explicit state (the default MOOS, never compared).
+    func isJoinDefault(_ l: Location) -> Bool {
+        joining && explicitToken(l) == .none && !oos(l) && !isCompared(l)
+    }
+
+    func startJoining() { joining = true }
+
+    /// Records that the location was compared. `keepMOOS`: a default MOOS becomes explicit (the caller does not clear
+    /// it: the peer may still hold the token); otherwise the caller is about to clear it, and the default ends here.
+    func setCompared(_ l: Location, keepMOOS: Bool) {
+        guard joining else { return }
+        if keepMOOS && explicitToken(l) == .none && !isCompared(l) { setToken(l, .moos) }
+        let i = findOrCreate(l.ino)
+        if comparedBit(i, l) { return }
+        if l.slot == 0 { slots[i].recordCompared = true } else {
+            let t = l.slot - 1
+            let w = Int(t >> 6)
+            if w >= slots[i].compared.count {
+                slots[i].compared.append(contentsOf: repeatElement(0, count: w - slots[i].compared.count + 1))
+            }
+            slots[i].compared[w] |= 1 << (t & 63)
+        }
+        slots[i].comparedCount += 1
+    }
+
+    /// Joining: every location with explicit state that was never compared (their MOOS stays, as uncompared).
+    func forEachJoinUncompared(_ body: (Location) -> Void) {
+        guard joining else { return }
+        for (ino, i) in index {
+            let b = slots[i]
+            if (b.recordToken != .none || b.recordOOS) && !b.recordCompared { body(.inode(ino)) }
+            for (w, word) in b.codes.enumerated() where word != 0 {
+                for k in 0..<32 as Range<UInt64> where (word >> (k * 2)) & 3 != 0 {
+                    let t = UInt64(w) * 32 + k
+                    if !b.comparedTrack(t) { body(.track(ino, t)) }
+                }
+            }
+        }
+    }
+
+    /// The join is complete: unknown locations read as none again; the compared bits are dropped.
+    func endJoining() {
+        guard joining else { return }
+        joining = false
+        var empty: [(UInt64, Int)] = []
+        for (ino, i) in index {
+            slots[i].compared = []
+            slots[i].recordCompared = false
+            slots[i].comparedCount = 0
+            if slots[i].live == 0 { empty.append((ino, i)) }
+        }
+        for (ino, i) in empty { settle(i, ino, 0) }
     }
 
     @inline(__always)
@@ -142,8 +232,12 @@ final class LocationBits {
     /// Returns the previous token.
     @discardableResult
     func setToken(_ l: Location, _ new: TokenState) -> TokenState {
-        let old = token(l)
-        if old == new { return old }
+        let shown = token(l)
+        let old = explicitToken(l)
+        // Joining: clearing the default MOOS of a location never compared would leave it MOOS (I7: an uncompared
+        // copy is never token none); the caller compares first.
+        assert(!(joining && new == .none && shown == .moos && old == .none), "default MOOS cleared before comparison")
+        if old == new { return shown }
         count(old, -1); count(new, 1)
         let hasOOS = oos(l)
         let wasLive = old != .none || hasOOS
@@ -154,7 +248,7 @@ final class LocationBits {
             if hasOOS { slots[i].setOOSTrackToken(t, new) } else { slots[i].setCode(t, UInt64(new.rawValue)) }
         }
         settle(i, l.ino, (isLive ? 1 : 0) - (wasLive ? 1 : 0))
-        return old
+        return shown
     }
 
     /// Returns the previous bit.
@@ -162,8 +256,10 @@ final class LocationBits {
     func setOOS(_ l: Location, _ new: Bool) -> Bool {
         let old = oos(l)
         if old == new { return old }
+        // Joining: the default MOOS becomes explicit before the location gets any other state.
+        if new && isJoinDefault(l) { setToken(l, .moos) }
         oosCount += new ? 1 : -1
-        let tok = token(l)
+        let tok = explicitToken(l)
         let wasLive = tok != .none || old
         let isLive = tok != .none || new
         let i = findOrCreate(l.ino)
@@ -189,7 +285,7 @@ final class LocationBits {
     /// Keeps the live count; an inode with nothing set gives its slot back (memory stays O(active inodes)).
     private func settle(_ i: Int, _ ino: UInt64, _ delta: Int) {
         slots[i].live += delta
-        if slots[i].live == 0 {
+        if slots[i].live == 0 && slots[i].comparedCount == 0 {
             slots[i] = InodeBits()
             index[ino] = nil
             freeSlots.append(i)
@@ -270,5 +366,5 @@ final class LocationBits {
     var exceptionCount: Int { index.values.reduce(0) { $0 + slots[$1].exceptions.count } }
 
     /// Bytes of bitmap words held (for the memory figure).
-    var wordBytes: Int { index.values.reduce(0) { $0 + slots[$1].codes.count * 8 } }
+    var wordBytes: Int { index.values.reduce(0) { $0 + (slots[$1].codes.count + slots[$1].compared.count) * 8 } }
 }

@@ -66,8 +66,13 @@ public struct RecoveredState: Hashable, Sendable {
     public var entries: [PersistEntry]
     public var clockReservation: UInt64
     public var incarnation: UInt64
-    public init(entries: [PersistEntry], clockReservation: UInt64, incarnation: UInt64) {
+    /// A fresh store joining a populated peer (Docs/PROTOCOL.md "Joining"): every location without an entry reads as
+    /// MOOS and uncompared until `Event.joinCompleted`. The shell supplies `true` from the store's creation until it
+    /// has durably recorded the completion (a batch with `PersistBatch.joinCompleted`).
+    public var joining: Bool
+    public init(entries: [PersistEntry], clockReservation: UInt64, incarnation: UInt64, joining: Bool = false) {
         self.entries = entries; self.clockReservation = clockReservation; self.incarnation = incarnation
+        self.joining = joining
     }
     public static let empty = RecoveredState(entries: [], clockReservation: 0, incarnation: 0)
 }
@@ -97,6 +102,11 @@ public enum Event: Sendable {
     case storeWriteDone(CompletionToken, stored: Version)
     /// The node restarted: forget everything volatile and start from this durable state (disconnected).
     case restarted(RecoveredState)
+    /// The shell's walk read every location of the tree (each read pulled what this joining store lacked): from now on
+    /// unknown locations read as none. The core answers with a persist batch flagged `joinCompleted`; the shell
+    /// records the completion durably together with (or after) that batch, and supplies `joining: false` from then on.
+    /// Ignored when not joining.
+    case joinCompleted
 }
 
 public enum OperationError: Hashable, Sendable {
@@ -121,8 +131,13 @@ public struct PersistBatch: Hashable, Sendable {
     /// Locations whose data must be durable against power loss before this batch is: entries that drop the superset
     /// bit (to `none` or `moos`) stop protecting a local copy that the store may not have synced yet.
     public var hardenFirst: [Location]
-    public init(entries: [PersistEntry], clockReservation: UInt64?, hardenFirst: [Location] = []) {
+    /// The join is complete (`Event.joinCompleted`): the shell records that durably with this batch (or after it),
+    /// and from then on restarts the core with `RecoveredState.joining == false`.
+    public var joinCompleted: Bool
+    public init(entries: [PersistEntry], clockReservation: UInt64?, hardenFirst: [Location] = [],
+                joinCompleted: Bool = false) {
         self.entries = entries; self.clockReservation = clockReservation; self.hardenFirst = hardenFirst
+        self.joinCompleted = joinCompleted
     }
 }
 

@@ -187,6 +187,7 @@ public final class MirrorNode {
         case .storeReadDone(let t, let p, let v): readDone(t.raw, p, v)
         case .storeWriteDone(let t, let stored): writeDone(t.raw, stored)
         case .restarted(let r): restart(r)
+        case .joinCompleted: completeJoin()
         }
         // A pending flush makes the background copy run now, whatever its delay.
         if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks
@@ -205,7 +206,7 @@ public final class MirrorNode {
         MirrorStatus(oosCount: bits.oosCount, moosCount: bits.moosCount, mosCount: bits.mosCount,
                      oldestOOSAgeTicks: bits.oosCount == 0 ? 0 : now &- oosNonEmptySince, connected: connected,
                      activeOperations: ops.count, inFlightPushes: pushesInFlight, pendingFlushes: flushes.count,
-                     counters: counters)
+                     counters: counters, joining: bits.joining)
     }
 
     /// Bytes held by the dense bitmaps (the bulk; small dictionaries for in-flight state come on top).
@@ -219,19 +220,37 @@ public final class MirrorNode {
     func persisted(_ l: Location) -> PersistedState {
         switch bits.token(l) {
         case .mos: return takeover.at(l) != nil ? .contested : .held
-        case .moos: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil || isUncompared(l)) ? .contested : .moos
+        case .moos:
+            if bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil { return .contested }
+            if inUncomparedSet(l) { return .contested }
+            // Joining: a MOOS never compared is what a missing entry restores (the joining default), so it needs no
+            // entry; `completeJoin` writes those still uncompared as `contested` before the default ends.
+            if bits.joining && !bits.isCompared(l) { return .none }
+            return .moos
         case .none: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil || isUncompared(l)) ? .held : .none
         }
     }
 
-    @inline(__always) func isUncompared(_ l: Location) -> Bool { !uncompared.isEmpty && uncompared.contains(l) }
+    @inline(__always) func inUncomparedSet(_ l: Location) -> Bool { !uncompared.isEmpty && uncompared.contains(l) }
+
+    /// Our copy may be behind the peer's and must fetch its data before serving: restored from the superset
+    /// (`uncompared`), or, while joining, never compared since the join began.
+    @inline(__always) func isUncompared(_ l: Location) -> Bool {
+        inUncomparedSet(l) || (bits.joining && !bits.isCompared(l))
+    }
 
     /// Data from the peer have landed for `l`: our copy is compared (the newer version won in the store).
     func compared(_ l: Location) {
         guard isUncompared(l) else { return }
         let before = persisted(l)
-        uncompared.remove(l)
+        settleCompared(l, keepMOOS: true)
         touch(l, before)
+    }
+
+    /// Ends "uncompared" without persisting (the caller touches). `keepMOOS`: see `LocationBits.setCompared`.
+    func settleCompared(_ l: Location, keepMOOS: Bool) {
+        if inUncomparedSet(l) { uncompared.remove(l) }
+        if bits.joining { bits.setCompared(l, keepMOOS: keepMOOS) }
     }
 
     @inline(__always) func touch(_ l: Location, _ before: PersistedState) {
@@ -240,8 +259,8 @@ public final class MirrorNode {
 
     /// Emits the pending persist batch now; returns a token whose durability covers every change so far.
     @discardableResult
-    func flushPersist() -> UInt64 {
-        if dirty.isEmpty && wantReservation == nil { return lastPersistToken }
+    func flushPersist(joinCompleted: Bool = false) -> UInt64 {
+        if dirty.isEmpty && wantReservation == nil && !joinCompleted { return lastPersistToken }
         let t = newToken()
         var entries: [PersistEntry] = []
         entries.reserveCapacity(dirty.count)
@@ -255,7 +274,7 @@ public final class MirrorNode {
         if let r = wantReservation { reservationInFlight = (r, t); wantReservation = nil }
         out.append(.persist(CompletionToken(t), PersistBatch(
             entries: entries, clockReservation: reservationInFlight?.token == t ? reservationInFlight!.value : nil,
-            hardenFirst: harden)))
+            hardenFirst: harden, joinCompleted: joinCompleted)))
         lastPersistToken = t
         return t
     }
@@ -442,7 +461,7 @@ public final class MirrorNode {
                 if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); wake(l) }
             } else {
                 takeover[l] = nil
-                if isUncompared(l) { uncompared.remove(l) }  // our new data supersede whatever the peer holds
+                settleCompared(l, keepMOOS: true)  // our new data supersede whatever the peer holds
                 setOOS(l, true)
                 if inFlight.at(l) != nil { inFlight[l]!.gen += 1 }
                 for (t, w) in writes where w.location == l { writes[t]!.localWriteSince = true }
@@ -917,7 +936,8 @@ public final class MirrorNode {
         case .inSync:
             let solicited = a.pullID != 0 && pulls[l] == a.pullID
             if solicited { pulls[l] = nil; starvedReads.remove(l) }
-            if solicited && bits.token(l) == .moos {
+            // An uncompared copy keeps MOOS until data land: only a forced pull (answered with data) compares it.
+            if solicited && bits.token(l) == .moos && !isUncompared(l) {
                 let before = persisted(l)
                 bits.setToken(l, .none)
                 touch(l, before)
@@ -1028,7 +1048,13 @@ public final class MirrorNode {
         guard let w = writes.removeValue(forKey: t) else { return }
         let l = w.location
         if let n = receiving.at(l) { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
-        compared(l)
+        if case .answer(true) = w.kind, bits.isJoinDefault(l) {
+            // Joining, and this answer clears the default MOOS: compared and in sync in one change (the location
+            // needed no entry before and needs none after).
+            settleCompared(l, keepMOOS: false)
+        } else {
+            compared(l)
+        }
         // Our own unsynced copy is superseded once the store holds the peer's newer version (hazard 4).
         // Not if a local write finished meanwhile: that write set OOS for data the peer has never seen.
         if stored == w.version && !w.localWriteSince && bits.oos(l) && bits.token(l) != .mos { clearOOS(l) }
@@ -1230,6 +1256,34 @@ public final class MirrorNode {
         releaseCold()
     }
 
+    /// The shell's walk is done: unknown locations read as none from now on. Locations that are still uncompared
+    /// and have explicit state or are in use (an operation, a pull, a mark...) keep MOOS as members of `uncompared`
+    /// and are persisted `contested`, in the batch that carries the completion, so that no restart can read them as
+    /// none (the peer may hold the token, or a read waits for their data).
+    func completeJoin() {
+        guard bits.joining else { return }
+        var keep: [Location] = []
+        bits.forEachJoinUncompared { keep.append($0) }
+        var inUse = Set<Location>()
+        for (_, op) in ops { for it in op.items { inUse.insert(it.location) } }
+        for l in pulls.keys { inUse.insert(l) }
+        for l in markOf.keys { inUse.insert(l) }
+        for l in landing.keys { inUse.insert(l) }
+        for l in receiving.keys { inUse.insert(l) }
+        for l in answering.keys { inUse.insert(l) }
+        for l in grantsUnsent.keys { inUse.insert(l) }
+        for l in deferred.keys { inUse.insert(l) }
+        for l in inUse.sorted() where bits.isJoinDefault(l) { keep.append(l) }
+        let before = keep.map { persisted($0) }
+        for l in keep where bits.token(l) == .moos || takeover.at(l) != nil {
+            if bits.token(l) == .moos { bits.setToken(l, .moos) }  // a default MOOS becomes explicit
+            uncompared.insert(l)
+        }
+        bits.endJoining()
+        for (l, b) in zip(keep, before) { touch(l, b) }
+        flushPersist(joinCompleted: true)
+    }
+
     func restart(_ r: RecoveredState) {
         let fresh = MirrorNode(config: config, prediction: prediction, recovered: r)
         bits = fresh.bits
@@ -1247,10 +1301,15 @@ public final class MirrorNode {
     /// Hazard 3 and 7: after a crash, MOS is never trusted (the token may have been handed over without the
     /// persisted bit catching up); the superset becomes OOS, so every pull for it is answered with data.
     func recover(_ r: RecoveredState) {
+        if r.joining { bits.startJoining() }
         for e in r.entries {
             switch e.state {
             case .none: break
-            case .moos: bits.setToken(e.location, .moos)
+            case .moos:
+                bits.setToken(e.location, .moos)
+                // Joining: an explicit `moos` was persisted only for a compared location (an uncompared one has no
+                // entry, or `contested`), and compared data were stored synced.
+                if r.joining { bits.setCompared(e.location, keepMOOS: true) }
             case .held, .contested:
                 // The store may have lost unsynced writes (power loss) that the peer holds: pull before serving.
                 bits.setToken(e.location, .moos)

@@ -56,4 +56,7 @@ public struct MirrorStatus: Hashable, Sendable {
     public var inFlightPushes: Int
     public var pendingFlushes: Int
     public var counters: MirrorCounters
+    /// The store is joining (`RecoveredState.joining`, until `Event.joinCompleted`): locations without explicit
+    /// state read as MOOS, and `moosCount` counts only the explicit ones.
+    public var joining = false
 }

@@ -1,0 +1,159 @@
+// MirrorCoreTests — joining (a fresh store joins a populated peer and fills itself while serving) and leaving (a
+// graceful stop that gives every write token back), Docs/PROTOCOL.md "Joining" and "Leaving".
+// Owns: scripted two-core runs of both features with the harness's cross-node invariants after every event.
+// Must never: reach into the core's internals; everything is observed through actions, states and status.
+
+import MirrorCore
+import XCTest
+
+final class JoiningTests: XCTestCase {
+    let file: UInt64 = 7
+    var L: Location { .track(file, 0) }
+    var M: Location { .track(file, 1) }
+    var N: Location { .track(file, 2) }
+    /// Version of the data the populated store held before the join.
+    let oldVersion = Version(counter: 500, node: NodeID(2))
+
+    /// A is a fresh store joining B, whose store holds `populated` (stamps) that A lacks.
+    func joiningPair(_ populated: [Location: UInt64], bothJoining: Bool = false) -> Pair {
+        let p = Pair(connect: false)
+        p[.b].core = MirrorNode(config: p[.b].config, prediction: NoPrediction(),
+                                recovered: RecoveredState(entries: [], clockReservation: 1_000, incarnation: 0,
+                                                          joining: bothJoining))
+        p[.b].durableReservation = 1_000
+        p[.b].joining = bothJoining
+        for (l, stamp) in populated { p[.b].store[l] = (stamp, oldVersion) }
+        p[.a].core = MirrorNode(config: p[.a].config, prediction: NoPrediction(),
+                                recovered: RecoveredState(entries: [], clockReservation: 0, incarnation: 0, joining: true))
+        p[.a].joining = true
+        p.connect()
+        return p
+    }
+
+    func testAJoiningStoreServesReadsAtOnceByPullingTheData() {
+        let p = joiningPair([L: 77, M: 78])
+        XCTAssertTrue(p.core(.a).status.joining)
+        XCTAssertEqual(p.state(.a, L).token, .moos, "a location the joining store never saw may be newer on the peer")
+        XCTAssertEqual(p.state(.a, .inode(99)).token, .moos, "every unknown location, not only the peer's")
+        XCTAssertEqual(p.core(.a).status.moosCount, 0, "the default costs no explicit state")
+        XCTAssertEqual(p.read(.a, L), 77, "the read pulled the peer's data before it was served")
+        XCTAssertEqual(p.state(.a, L).token, .none, "compared and in sync: local reads from now on")
+        XCTAssertEqual(p.read(.a, L), 77)
+        XCTAssertEqual(p.count(.a, "send pull"), 1, "a compared location is not pulled again")
+        XCTAssertEqual(p.read(.a, M), 78)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testJoiningPullsAskForDataEvenWhenThePeerHoldsNothingUnsynced() {
+        let p = joiningPair([L: 77])
+        XCTAssertEqual(p.state(.b, L), LocationState(token: .none, outOfSync: false), "the peer holds no OOS for old data")
+        _ = p.read(.a, L)
+        XCTAssertEqual(p.count(.b, "send answer-data"), 1, "forced: the peer answers with data, never \"in sync\"")
+        XCTAssertEqual(p.count(.b, "send answer-in-sync"), 0)
+    }
+
+    func testAPartialWriteWhileJoiningLandsThePeersDataFirst() {
+        let p = joiningPair([L: 77])
+        let id = p.request(.a, [AccessItem(L, .writePartial)])
+        p.settle()
+        XCTAssertEqual(p[.a].grantSnapshots[id]?[L], 77, "the partial write builds on the peer's data, not on nothing")
+        p.apply(.a, id)
+        p.settle()
+        XCTAssertEqual(p.state(.a, L).token, .mos)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testAFullOverwriteWhileJoiningNeedsNoData() {
+        let p = joiningPair([L: 77])
+        let v = p.write(.a, [L], .writeFull)
+        XCTAssertEqual(p.count(.b, "read \(L)"), 0, "a takeover: the peer's old data are not needed (hazard 6)")
+        XCTAssertEqual(p.read(.b, L), v, "the peer pulls the new data")
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testJoinCompletedEndsTheDefaultButKeepsWhatThePeerMayHold() {
+        let p = joiningPair([L: 77, M: 78])
+        XCTAssertEqual(p.read(.a, L), 77)
+        // B writes M while A joins: A grants (B takes the token); B's push has not reached A, so A never compared M.
+        let id = p.request(.b, [AccessItem(M, .writeFull)])
+        p.settle()
+        p.holdWire[Side.a.rawValue] = true
+        let written = p.apply(.b, id)
+        p.settle()
+        XCTAssertEqual(p.state(.a, M).token, .moos)
+        XCTAssertEqual(p.state(.b, M).token, .mos)
+        p.feed(.a, .joinCompleted)
+        p.settle()
+        XCTAssertFalse(p.core(.a).status.joining)
+        XCTAssertEqual(p[.a].batches.last?.joinCompleted, true, "the completion travels with a persist batch")
+        XCTAssertFalse(p[.a].joining, "that batch is durable")
+        XCTAssertEqual(p.state(.a, .inode(99)).token, .none, "unknown locations read as none again")
+        XCTAssertEqual(p.state(.a, L).token, .none)
+        XCTAssertEqual(p.state(.a, M).token, .moos, "B still holds M's token")
+        XCTAssertEqual(p[.a].durable[M], .contested, "and a restart must not forget it (nor that it was never compared)")
+        p.holdWire[Side.a.rawValue] = false
+        p.settle()
+        XCTAssertEqual(p.read(.a, M), written)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testARestartMidJoinNeverPullsOverThisNodesNewerWrite() {
+        let p = joiningPair([L: 77, M: 78, N: 79])
+        XCTAssertEqual(p.read(.a, L), 77)
+        let theirs = p.write(.b, [N], .writeFull)          // A grants N to B during the join
+        let id = p.request(.a, [AccessItem(M, .writePartial)])
+        p.settle()
+        p.holdWire[Side.b.rawValue] = true                 // A's push of M never reaches B
+        let mine = p.apply(.a, id)
+        p.settle()
+        XCTAssertEqual(p[.a].durable[M], .held, "A's write is covered by its superset bit")
+        p.crash(.a)                                        // kill -9 mid-join: the shell re-supplies joining
+        p.holdWire[Side.b.rawValue] = false
+        XCTAssertTrue(p.core(.a).status.joining)
+        XCTAssertEqual(p.state(.a, N).token, .moos, "B may hold N's token: the joining default covers it")
+        p.connect()
+        p.settle()
+        XCTAssertEqual(p.read(.a, M), mine, "A's own write is never pulled over")
+        XCTAssertEqual(p.read(.b, M), mine)
+        XCTAssertEqual(p.read(.a, L), 77, "a location settled before the crash is simply pulled again")
+        XCTAssertEqual(p.read(.a, N), theirs)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testTwoFreshStoresJoiningEachOtherConvergeWithoutDeadlock() {
+        let p = joiningPair([:], bothJoining: true)
+        // Both partial-write L at once: crossing marks, both under the default MOOS, both asking for data.
+        let a = p.request(.a, [AccessItem(L, .writePartial), AccessItem(.inode(file), .writePartial)])
+        let b = p.request(.b, [AccessItem(L, .writePartial), AccessItem(.inode(file), .writePartial)])
+        p.settle()
+        XCTAssertTrue((p[.a].granted[a] != nil) != (p[.b].granted[b] != nil), "exactly one wins the tie-break first")
+        let first: Side = p[.a].granted[a] != nil ? .a : .b
+        p.apply(first, first == .a ? a : b)
+        p.settle()
+        let second = first.other
+        XCTAssertNotNil(p[second].granted[second == .a ? a : b], "the loser is served once the winner is done")
+        let last = p.apply(second, second == .a ? a : b)
+        p.settle()
+        // Each walks the tree (reads everything), then completes its join.
+        for s in [Side.a, .b] {
+            for l in [L, M, .inode(file)] { XCTAssertNotNil(p.read(s, l), "\(s) reads \(l)") }
+            p.feed(s, .joinCompleted)
+            p.settle()
+        }
+        XCTAssertEqual(p.read(.a, L), last)
+        XCTAssertEqual(p.read(.b, L), last)
+        p.tick(10)
+        XCTAssertEqual(p.core(.a).status.oosCount + p.core(.b).status.oosCount, 0, "drained")
+        XCTAssertEqual(p[.a].store[L]?.version, p[.b].store[L]?.version)
+        XCTAssertFalse(p.core(.a).status.joining || p.core(.b).status.joining)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testJoiningStateCostsNothingForUntouchedLocations() {
+        let a = MirrorNode(config: Pair.config(.a), prediction: NoPrediction(),
+                           recovered: RecoveredState(entries: [], clockReservation: 0, incarnation: 0, joining: true))
+        for ino in 1...1_000 as ClosedRange<UInt64> { XCTAssertEqual(a.state(of: .track(ino, 5)).token, .moos) }
+        XCTAssertEqual(a.bitmapBytes, 0)
+        XCTAssertEqual(a.checkInvariants(), [])
+    }
+}

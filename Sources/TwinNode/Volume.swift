@@ -72,7 +72,6 @@ public final class Volume: @unchecked Sendable {
     private var reapQueue: [UInt64] = []
     private let reaper = Reaper()
     let walSyncer = WALSyncer()
-    private let checkpointer = WALCheckpointer()
     /// The mirror this volume's operations go through (nil: a store without a peer).
     var mirror: MirrorShell?
     /// fsync returns only once the peer holds the data durably too (`-o fsync=mirror`, the default).
@@ -83,9 +82,6 @@ public final class Volume: @unchecked Sendable {
         self.trackBytes = UInt64(store.identity.trackBytes)
         reaper.start(self)
         walSyncer.start(store)
-        let checkpointer = self.checkpointer
-        store.checkpointWanted = { checkpointer.poke() }
-        checkpointer.start(store)
     }
 
     // MARK: helpers (call with `lock` held)

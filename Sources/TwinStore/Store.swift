@@ -37,20 +37,6 @@ public final class Store {
     public internal(set) var unstampedWrites = 0
     private var reservedLamport: UInt64 = 0
 
-    /// WAL frames (4 KiB pages) after which a commit asks for a background checkpoint (`checkpointWanted`)...
-    public static let backgroundCheckpointFrames = 2000
-    /// ...and after which the committing thread checkpoints itself, because the background one has fallen
-    /// behind: with statements released before each COMMIT this bounds the WAL (about 32 MiB).
-    public static let forcedCheckpointFrames = 8000
-    /// Called right after a commit (under the caller's lock) once the WAL holds `backgroundCheckpointFrames`;
-    /// the callee arranges for `checkpointInBackground` to run on another thread. Set before the first commit.
-    public var checkpointWanted: (() -> Void)?
-    /// A second connection, used only by `checkpointInBackground`: a checkpoint copies pages and syncs two
-    /// files, which must not stall the writer (SQLite lets a checkpoint run beside a writer on another connection).
-    private var checkpointer: SQLiteDatabase?
-    private let checkpointLock = Lock()
-    private var closed = false
-
     // MARK: create
 
     /// Creates a new store at `path` (which must not exist, or be an empty directory).
@@ -219,7 +205,6 @@ public final class Store {
                 try store.removeOrphans()
                 store.emptyTrash()
                 try store.openWAL()
-                try store.startCheckpointing()
                 store.replenishReserve()
                 store.database.releaseStatements()
             } catch {
@@ -244,39 +229,6 @@ public final class Store {
         walFD = Glibc.open("\(root)/meta.db-wal", O_RDWR | O_CLOEXEC)
         if walFD < 0 { throw FSError.fromErrno() }
     }
-
-    private func startCheckpointing() throws {
-        let background = try SQLiteDatabase(path: "\(root)/meta.db", create: false)
-        // NORMAL (not OFF): a checkpoint syncs the WAL before copying and meta.db after, so restarting the WAL
-        // never loses a committed frame.
-        try background.execute("PRAGMA synchronous=NORMAL")
-        checkpointer = background
-        database.observeWAL { [unowned self] frames in
-            if frames >= Self.forcedCheckpointFrames {
-                // The background checkpointer fell behind (it cannot finish while the writer keeps adding
-                // frames): wait for its current pass, then copy the rest with the writer held, so the WAL starts
-                // over at the next commit. A failure is retried at the next commit, as SQLite's own would be.
-                checkpointLock.withLock { _ = try? database.checkpoint(.passive) }
-            } else if frames >= Self.backgroundCheckpointFrames {
-                checkpointWanted?()
-            }
-        }
-    }
-
-    /// Copies the committed WAL into meta.db on the store's second connection, without the caller's lock and
-    /// beside the writer. Safe from any thread. Returns false once the store is closed (the caller stops).
-    @discardableResult
-    public func checkpointInBackground() -> Bool {
-        checkpointLock.withLock {
-            guard !closed else { return false }
-            // A failure here is not lost work: the frames stay in the WAL, and the forced checkpoint bounds it.
-            _ = try? checkpointer?.checkpoint(.passive)
-            return true
-        }
-    }
-
-    /// Frames in the WAL after this connection's last commit (for tests and status).
-    public var walFrames: Int { database.walFrames }
 
     // MARK: counters
 
@@ -606,10 +558,6 @@ public final class Store {
 
     /// A clean shutdown: metadata checkpointed into meta.db and everything in the store on disk.
     public func close() throws {
-        checkpointLock.withLock {
-            closed = true
-            checkpointer = nil
-        }
         database.releaseStatements()
         do {
             try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")

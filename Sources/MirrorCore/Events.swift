@@ -107,6 +107,10 @@ public enum Event: Sendable {
     /// records the completion durably together with (or after) that batch, and supplies `joining: false` from then on.
     /// Ignored when not joining.
     case joinCompleted
+    /// Graceful stop (unmount): push out-of-sync data as usual and give every write token (MOS) back as soon as its
+    /// location is in sync and unused, so that the peer can serve everything alone. The shell waits (bounded) for
+    /// `status.mosCount == 0 && status.oosCount == 0`, then stops.
+    case leaveRequested
 }
 
 public enum OperationError: Hashable, Sendable {

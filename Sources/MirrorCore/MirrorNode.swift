@@ -89,6 +89,9 @@ public final class MirrorNode {
     /// from the peer land, every pull and mark for them asks for the peer's data, a release does not clear their
     /// MOOS, and their superset bit stays persisted, whatever an ack does to OOS. O(restored superset).
     var uncompared: Set<Location> = []
+    /// `Event.leaveRequested` was stepped: every in-sync, unused MOS location is released at once (not only cold
+    /// ones), and no locations are predicted, so the peer ends up holding no MOOS for this node.
+    var leaving = false
     var nextWake: Tick?
     var counters = MirrorCounters()
     /// Actions of the current step (swapped with the caller's buffer).
@@ -188,10 +191,12 @@ public final class MirrorNode {
         case .storeWriteDone(let t, let stored): writeDone(t.raw, stored)
         case .restarted(let r): restart(r)
         case .joinCompleted: completeJoin()
+        case .leaveRequested: leaving = true
         }
-        // A pending flush makes the background copy run now, whatever its delay.
+        // A pending flush (or leaving) makes the background copy run now, whatever its delay.
         if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks
-                         || !flushNeeds.isEmpty) { pumpPushes() }
+                         || !flushNeeds.isEmpty || leaving) { pumpPushes() }
+        if leaving && connected && bits.mosCount > 0 { releaseCold() }
         if connected && config.pushDelayTicks > 0 && !pushQueue.isEmpty {
             scheduleWake(lastPumpTick &+ config.pushDelayTicks)
         }
@@ -206,7 +211,7 @@ public final class MirrorNode {
         MirrorStatus(oosCount: bits.oosCount, moosCount: bits.moosCount, mosCount: bits.mosCount,
                      oldestOOSAgeTicks: bits.oosCount == 0 ? 0 : now &- oosNonEmptySince, connected: connected,
                      activeOperations: ops.count, inFlightPushes: pushesInFlight, pendingFlushes: flushes.count,
-                     counters: counters, joining: bits.joining)
+                     counters: counters, joining: bits.joining, leaving: leaving)
     }
 
     /// Bytes held by the dense bitmaps (the bulk; small dictionaries for in-flight state come on top).
@@ -633,7 +638,8 @@ public final class MirrorNode {
         }
         if items.isEmpty { return }
         var suggested: [Location] = []
-        prediction.predict(needed: items.map(\.location), hint: hint, into: &suggested)
+        // A leaving node takes no tokens it was not asked for: it is giving them all back.
+        if !leaving { prediction.predict(needed: items.map(\.location), hint: hint, into: &suggested) }
         if !suggested.isEmpty {
             var seen = Set(items.map(\.location))
             for s in suggested {
@@ -1175,8 +1181,8 @@ public final class MirrorNode {
     }
 
     func releaseCold() {
-        guard config.release.enabled, connected else { return }
-        if now &- hotRotatedAt >= max(1, config.release.coldAfterTicks / 2) {
+        guard config.release.enabled || leaving, connected else { return }
+        if config.release.enabled && now &- hotRotatedAt >= max(1, config.release.coldAfterTicks / 2) {
             hotPrevious = hot
             hot = []
             hotRotatedAt = now
@@ -1190,7 +1196,8 @@ public final class MirrorNode {
             cands.removeAll(keepingCapacity: true)
             bits.mosLocations(ino: ino, into: &cands)
             for l in cands where released.count < config.release.maxReleasesPerTick {
-                guard !bits.oos(l), !hot.contains(l), !hotPrevious.contains(l), locks.at(l) == nil,
+                // Leaving ignores the hot set: every token goes back as soon as it is in sync and unused.
+                guard !bits.oos(l), leaving || (!hot.contains(l) && !hotPrevious.contains(l)), locks.at(l) == nil,
                       inFlight.at(l) == nil, takeover.at(l) == nil, markOf.at(l) == nil, receiving.at(l) == nil,
                       deferred.at(l) == nil else { continue }
                 let before = persisted(l)
@@ -1294,7 +1301,7 @@ public final class MirrorNode {
         outMarks = [:]; markOf = [:]; landing = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
         deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
-        releaseScan = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
+        releaseScan = []; leaving = false; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         oosNonEmptySince = now
     }
 

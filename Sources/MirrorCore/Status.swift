@@ -59,4 +59,6 @@ public struct MirrorStatus: Hashable, Sendable {
     /// The store is joining (`RecoveredState.joining`, until `Event.joinCompleted`): locations without explicit
     /// state read as MOOS, and `moosCount` counts only the explicit ones.
     public var joining = false
+    /// `Event.leaveRequested` was stepped: in-sync MOS locations are released as soon as they are unused.
+    public var leaving = false
 }

@@ -157,3 +157,64 @@ final class JoiningTests: XCTestCase {
         XCTAssertEqual(a.checkInvariants(), [])
     }
 }
+
+final class LeavingTests: XCTestCase {
+    let file: UInt64 = 3
+    func track(_ i: UInt64) -> Location { .track(file, i) }
+
+    func testALeavingNodeGivesEveryTokenBackOnceInSync() {
+        let p = Pair()  // release policy off: without leaving, A would keep its tokens for good
+        for i in 0..<6 as Range<UInt64> { p.write(.a, [track(i)], .writePartial) }
+        XCTAssertEqual(p.core(.a).status.mosCount, 6)
+        XCTAssertEqual(p.core(.b).status.moosCount, 6)
+        p.feed(.a, .leaveRequested)
+        p.settle()
+        XCTAssertTrue(p.core(.a).status.leaving)
+        XCTAssertEqual(p.core(.a).status.mosCount, 0)
+        XCTAssertEqual(p.core(.a).status.oosCount, 0)
+        XCTAssertEqual(p.core(.b).status.moosCount, 0, "the peer can serve everything alone")
+        for i in 0..<6 as Range<UInt64> { XCTAssertEqual(p.state(.b, track(i)).token, .none) }
+        let pulls = p.count(.b, "send pull")
+        for i in 0..<6 as Range<UInt64> { XCTAssertNotNil(p.read(.b, track(i))) }
+        XCTAssertEqual(p.count(.b, "send pull"), pulls, "B's reads are local")
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testALeaveWaitsForUnsyncedDataAndUnfinishedOperations() {
+        let p = Pair(a: Pair.config(.a, pushDelayTicks: 1_000))
+        p.write(.a, [track(0)], .writePartial)
+        let busy = p.request(.a, [AccessItem(track(1), .writePartial)])
+        p.settle()
+        XCTAssertNotNil(p[.a].granted[busy])
+        p.feed(.a, .leaveRequested)
+        p.settle()
+        XCTAssertEqual(p.core(.a).status.oosCount, 0, "leaving pushes at once, whatever the push delay")
+        XCTAssertEqual(p.state(.a, track(1)).token, .mos, "a token in use stays until the operation is done")
+        p.apply(.a, busy)
+        p.settle()
+        XCTAssertEqual(p.core(.a).status.mosCount, 0)
+        XCTAssertEqual(p.core(.b).status.moosCount, 0)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testALeaveDuringPeerActivityStaysSafe() {
+        let p = Pair(prediction: StandardPrediction())
+        for i in 0..<4 as Range<UInt64> { p.write(.a, [track(i)], .writePartial) }
+        // The peer works on the same file while A leaves: marks, pulls and writes cross the releases.
+        let w = p.request(.b, [AccessItem(track(1), .writePartial), AccessItem(track(5), .writeFull)])
+        let r = p.request(.b, [AccessItem(track(2), .read)])
+        let predicted = p.core(.a).status.counters.locationsPredicted
+        p.feed(.a, .leaveRequested)
+        let aw = p.request(.a, [AccessItem(track(3), .writePartial)])
+        p.settle()
+        for (s, id) in [(Side.b, w), (.b, r), (.a, aw)] where p[s].granted[id] != nil { p.apply(s, id) }
+        p.settle()
+        for (s, id) in [(Side.b, w), (.b, r), (.a, aw)] where p[s].granted[id] != nil { p.apply(s, id) }
+        p.settle()
+        XCTAssertEqual(p.core(.a).status.mosCount, 0)
+        XCTAssertEqual(p.core(.a).status.oosCount, 0)
+        XCTAssertEqual(p.core(.b).status.moosCount, 0, "nothing of A's is left for B to wait on")
+        XCTAssertEqual(p.core(.a).status.counters.locationsPredicted, predicted, "a leaving node predicts nothing")
+        XCTAssertEqual(p.violations, [])
+    }
+}

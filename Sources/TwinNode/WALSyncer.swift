@@ -64,3 +64,41 @@ final class WALSyncer: @unchecked Sendable {
         }
     }
 }
+
+/// WALCheckpointer: copies the WAL into meta.db on its own thread and its own SQLite connection when a commit
+/// finds the WAL large (Store.checkpointWanted), so no filesystem operation waits for a checkpoint's page copies
+/// and two syncs under the volume lock. Never: touch the volume's connection.
+final class WALCheckpointer: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var pending = false
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    /// Cheap, and many pokes make one checkpoint: called after every commit while the WAL is large.
+    func poke() {
+        pthread_mutex_lock(&mutex)
+        if !pending {
+            pending = true
+            pthread_cond_signal(&cond)
+        }
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func start(_ store: Store) {
+        spawnDetachedThread { self.run(store) }
+    }
+
+    private func run(_ store: Store) {
+        while true {
+            pthread_mutex_lock(&mutex)
+            while !pending { pthread_cond_wait(&cond, &mutex) }
+            pending = false
+            pthread_mutex_unlock(&mutex)
+            if !store.checkpointInBackground() { return }
+        }
+    }
+}

@@ -77,6 +77,44 @@ public final class SQLiteDatabase {
 
     public var changes: Int { Int(sqlite3_changes(handle)) }
 
+    /// Frames in the WAL after the last commit of this connection (0 before any).
+    public private(set) var walFrames: Int = 0
+    /// Called after each commit with the WAL's frame count (replaces SQLite's automatic checkpoint).
+    private var walObserver: ((Int) -> Void)?
+
+    /// Replaces SQLite's automatic checkpoint (run by the committing thread, with its syncs) with `observer`,
+    /// called after every commit with the number of frames in the WAL; the observer decides who checkpoints.
+    public func observeWAL(_ observer: @escaping (Int) -> Void) {
+        walObserver = observer
+        sqlite3_wal_hook(handle, { context, _, _, frames in
+            let db = Unmanaged<SQLiteDatabase>.fromOpaque(context!).takeUnretainedValue()
+            db.walFrames = Int(frames)
+            db.walObserver?(Int(frames))
+            return SQLITE_OK
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    public enum CheckpointMode {
+        /// Copies what it can without waiting for anyone; runs beside the writer.
+        case passive
+        /// Copies everything and truncates the WAL; waits for (and blocks) other connections.
+        case truncate
+    }
+
+    /// Copies WAL frames into the database file. Returns the WAL's frame count and how many of them are now in
+    /// the database file (equal: the next write starts the WAL over). SQLITE_BUSY (another checkpoint running)
+    /// is not an error: nothing was copied.
+    @discardableResult
+    public func checkpoint(_ mode: CheckpointMode) throws -> (frames: Int, copied: Int) {
+        var frames: Int32 = 0
+        var copied: Int32 = 0
+        let rc = sqlite3_wal_checkpoint_v2(
+            handle, nil, mode == .passive ? SQLITE_CHECKPOINT_PASSIVE : SQLITE_CHECKPOINT_TRUNCATE, &frames, &copied)
+        if rc == SQLITE_BUSY { return (Int(frames), 0) }
+        guard rc == SQLITE_OK else { throw error(rc) }
+        return (Int(frames), Int(copied))
+    }
+
     public func transaction<T>(_ body: () throws -> T) throws -> T {
         try statement("BEGIN IMMEDIATE").run()
         do {

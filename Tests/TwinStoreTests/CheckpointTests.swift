@@ -1,0 +1,87 @@
+// The WAL's size stays bounded whether or not a background checkpointer keeps up, a background checkpoint
+// runs beside a writer without failing it, and what it copied survives reopening the store.
+import Foundation
+import XCTest
+
+@testable import TwinStore
+
+final class CheckpointTests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("twinstore-ckpt-\(UUID().uuidString)").path
+        try Store.create(at: dir, nodeName: "a", trackBytes: 65536)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// One small transaction: a new inode (a page or two of the WAL each).
+    private func commitOne(_ store: Store, _ i: Int) throws {
+        try store.database.transaction {
+            let ino = try store.allocateInodeNumber()
+            try store.insertInode(InodeRecord(ino: ino, mode: 0o100644, uid: 0, gid: 0, nlink: 1, time: Timestamp(nanoseconds: Int64(i)), version: try store.nextVersion()))
+            try store.insertEntry(parent: InodeRecord.rootIno, name: Array("f\(i)".utf8), ino: ino)
+        }
+    }
+
+    func testWithoutABackgroundCheckpointerTheCommittingThreadBoundsTheWAL() throws {
+        let store = try Store.open(at: dir)
+        var asked = 0
+        store.checkpointWanted = { asked += 1 }  // nobody answers
+        var largest = 0
+        for i in 0..<30_000 {
+            try commitOne(store, i)
+            largest = max(largest, store.walFrames)
+        }
+        XCTAssertGreaterThan(asked, 0, "a large WAL asks for a background checkpoint")
+        XCTAssertGreaterThanOrEqual(largest, Store.forcedCheckpointFrames, "the WAL grew to the forced limit")
+        XCTAssertLessThan(largest, Store.forcedCheckpointFrames + 64, "and no further")
+    }
+
+    /// The background thread's side of the test: answers every request with a checkpoint until told to stop.
+    final class Checkpointer: @unchecked Sendable {
+        let wanted = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+        private let lock = Lock()
+        private var stopped = false
+        private var passes = 0
+        var checkpoints: Int { lock.withLock { passes } }
+
+        func run(_ store: Store) {
+            while true {
+                wanted.wait()
+                if lock.withLock({ stopped }) { break }
+                if store.checkpointInBackground() { lock.withLock { passes += 1 } }
+            }
+            done.signal()
+        }
+
+        func stop() {
+            lock.withLock { stopped = true }
+            wanted.signal()
+            done.wait()
+        }
+    }
+
+    func testABackgroundCheckpointRunsBesideAWriterThatNeverPausesAndTheWALStaysBounded() throws {
+        let store = try Store.open(at: dir)
+        let checkpointer = Checkpointer()
+        store.checkpointWanted = { checkpointer.wanted.signal() }
+        Thread.detachNewThread { [store] in checkpointer.run(store) }
+        var largest = 0
+        for i in 0..<20_000 {
+            try commitOne(store, i)
+            largest = max(largest, store.walFrames)
+        }
+        checkpointer.stop()
+        XCTAssertGreaterThan(checkpointer.checkpoints, 0, "the writer asked for background checkpoints")
+        XCTAssertLessThan(largest, Store.forcedCheckpointFrames + 64, "a background pass never lets the WAL run past the forced limit")
+        try store.close()
+        XCTAssertFalse(store.checkpointInBackground(), "a closed store stops its checkpointer")
+        let reopened = try Store.open(at: dir, readOnly: true)
+        XCTAssertEqual(try reopened.counts().inodes, 20_001, "every commit is there after the checkpoints")
+        XCTAssertNotNil(try reopened.lookup(parent: InodeRecord.rootIno, name: Array("f19999".utf8)))
+    }
+}

@@ -72,6 +72,7 @@ public final class Volume: @unchecked Sendable {
     private var reapQueue: [UInt64] = []
     private let reaper = Reaper()
     let walSyncer = WALSyncer()
+    private let checkpointer = WALCheckpointer()
     /// The mirror this volume's operations go through (nil: a store without a peer).
     var mirror: MirrorShell?
     /// fsync returns only once the peer holds the data durably too (`-o fsync=mirror`, the default).
@@ -82,6 +83,9 @@ public final class Volume: @unchecked Sendable {
         self.trackBytes = UInt64(store.identity.trackBytes)
         reaper.start(self)
         walSyncer.start(store)
+        let checkpointer = self.checkpointer
+        store.checkpointWanted = { checkpointer.poke() }
+        checkpointer.start(store)
     }
 
     // MARK: helpers (call with `lock` held)
@@ -168,25 +172,34 @@ public final class Volume: @unchecked Sendable {
         reaper.poke()
     }
 
-    /// Deletes the queued inodes in one transaction (called by the reaper thread).
+    /// Inodes the reaper deletes per transaction: the volume lock is free between chunks, so an `rm -rf`'s
+    /// unlinks wait for at most one chunk (each deletion moves a data file: milliseconds on a busy disk).
+    static let reapChunkInodes = 16
+
+    /// Deletes the queued inodes, a chunk per transaction (called by the reaper thread).
     func reapQueued() {
-        lock.withLock {
-            defer { store.database.releaseStatements() }
-            guard !reapQueue.isEmpty else { return }
-            let batch = reapQueue
-            reapQueue.removeAll()
-            do {
-                try store.withReserveOnFullDisk {
-                    try store.database.transaction {
-                        for ino in batch where !isReferenced(ino) {
-                            if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino, version: store.nextVersion()) }
-                        }
+        while lock.withLock({ reapChunk() }) {}
+    }
+
+    /// Deletes up to `reapChunkInodes` queued inodes in one transaction; false when the queue is empty or the
+    /// chunk failed (kept for the next pass and, failing that, deleted as orphans at the next mount).
+    private func reapChunk() -> Bool {
+        defer { store.database.releaseStatements() }
+        guard !reapQueue.isEmpty else { return false }
+        let batch = Array(reapQueue.prefix(Self.reapChunkInodes))
+        reapQueue.removeFirst(batch.count)
+        do {
+            try store.withReserveOnFullDisk {
+                try store.database.transaction {
+                    for ino in batch where !isReferenced(ino) {
+                        if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino, version: store.nextVersion()) }
                     }
                 }
-            } catch {
-                // Kept for the next pass (and, failing that, deleted as orphans at the next mount).
-                reapQueue += batch
             }
+            return true
+        } catch {
+            reapQueue += batch
+            return false
         }
     }
 
@@ -313,10 +326,13 @@ public final class Volume: @unchecked Sendable {
     // MARK: creating names
 
     /// Creates a new inode named `name` in `parent`; the caller's ids own it (setgid directories pass on their gid).
-    private func makeNode(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller, rdev: UInt64 = 0, target: [UInt8] = [], ino: UInt64? = nil) throws -> InodeRecord {
+    /// `nameChecked`: the caller has already looked the name up in this transaction and found it free.
+    private func makeNode(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller, rdev: UInt64 = 0, target: [UInt8] = [], ino: UInt64? = nil, nameChecked: Bool = false) throws -> InodeRecord {
         try checkName(name)
         var dir = try directory(parent)
-        guard try store.lookup(parent: parent, name: name) == nil else { throw FSError.exists }
+        if !nameChecked {
+            guard try store.lookup(parent: parent, name: name) == nil else { throw FSError.exists }
+        }
         let now = Timestamp.now()
         let isDir = mode & UInt32(S_IFMT) == UInt32(S_IFDIR)
         var gid = caller.gid
@@ -609,7 +625,7 @@ public final class Volume: @unchecked Sendable {
                 noteLookup(existing)
                 return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
             }
-            let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller, ino: ino)
+            let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller, ino: ino, nameChecked: true)
             let fd = try store.openData(r.ino, create: true)
             return (r, register(r.ino, fd: fd, append: flags & O_APPEND != 0))
         }
@@ -817,7 +833,12 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func getxattr(_ ino: UInt64, name: [UInt8]) throws -> [UInt8] {
-        try query(plan: { .reading(ino) }) {
+        // The kernel asks for security.capability before every write: while no file has one, answer without a
+        // query. Not with a peer, which may have set one this node has not pulled yet.
+        if mirror == nil, name == Store.capabilityXattr, !lock.withLock({ store.mayHaveCapabilityXattrs }) {
+            throw FSError.noAttribute
+        }
+        return try query(plan: { .reading(ino) }) {
             _ = try record(ino)
             guard let value = try store.xattr(ino: ino, name: name) else { throw FSError.noAttribute }
             return value

@@ -37,6 +37,20 @@ public final class Store {
     public internal(set) var unstampedWrites = 0
     private var reservedLamport: UInt64 = 0
 
+    /// WAL frames (4 KiB pages) after which a commit asks for a background checkpoint (`checkpointWanted`)...
+    public static let backgroundCheckpointFrames = 2000
+    /// ...and after which the committing thread checkpoints itself, because the background one has fallen
+    /// behind: with statements released before each COMMIT this bounds the WAL (about 32 MiB).
+    public static let forcedCheckpointFrames = 8000
+    /// Called right after a commit (under the caller's lock) once the WAL holds `backgroundCheckpointFrames`;
+    /// the callee arranges for `checkpointInBackground` to run on another thread. Set before the first commit.
+    public var checkpointWanted: (() -> Void)?
+    /// A second connection, used only by `checkpointInBackground`: a checkpoint copies pages and syncs two
+    /// files, which must not stall the writer (SQLite lets a checkpoint run beside a writer on another connection).
+    private var checkpointer: SQLiteDatabase?
+    private let checkpointLock = Lock()
+    private var closed = false
+
     // MARK: create
 
     /// Creates a new store at `path` (which must not exist, or be an empty directory).
@@ -205,6 +219,10 @@ public final class Store {
                 try store.removeOrphans()
                 store.emptyTrash()
                 try store.openWAL()
+                try store.startCheckpointing()
+                // One scan of the xattrs at mount (they are few next to inodes and tracks).
+                store.mayHaveCapabilityXattrs = try store.database.statement("SELECT 1 FROM xattrs WHERE name = ? LIMIT 1")
+                    .bind(.blob(Store.capabilityXattr)).step()
                 store.replenishReserve()
                 store.database.releaseStatements()
             } catch {
@@ -229,6 +247,39 @@ public final class Store {
         walFD = Glibc.open("\(root)/meta.db-wal", O_RDWR | O_CLOEXEC)
         if walFD < 0 { throw FSError.fromErrno() }
     }
+
+    private func startCheckpointing() throws {
+        let background = try SQLiteDatabase(path: "\(root)/meta.db", create: false)
+        // NORMAL (not OFF): a checkpoint syncs the WAL before copying and meta.db after, so restarting the WAL
+        // never loses a committed frame.
+        try background.execute("PRAGMA synchronous=NORMAL")
+        checkpointer = background
+        database.observeWAL { [unowned self] frames in
+            if frames >= Self.forcedCheckpointFrames {
+                // The background checkpointer fell behind (it cannot finish while the writer keeps adding
+                // frames): wait for its current pass, then copy the rest with the writer held, so the WAL starts
+                // over at the next commit. A failure is retried at the next commit, as SQLite's own would be.
+                checkpointLock.withLock { _ = try? database.checkpoint(.passive) }
+            } else if frames >= Self.backgroundCheckpointFrames {
+                checkpointWanted?()
+            }
+        }
+    }
+
+    /// Copies the committed WAL into meta.db on the store's second connection, without the caller's lock and
+    /// beside the writer. Safe from any thread. Returns false once the store is closed (the caller stops).
+    @discardableResult
+    public func checkpointInBackground() -> Bool {
+        checkpointLock.withLock {
+            guard !closed else { return false }
+            // A failure here is not lost work: the frames stay in the WAL, and the forced checkpoint bounds it.
+            _ = try? checkpointer?.checkpoint(.passive)
+            return true
+        }
+    }
+
+    /// Frames in the WAL after this connection's last commit (for tests and status).
+    public var walFrames: Int { database.walFrames }
 
     // MARK: counters
 
@@ -473,7 +524,14 @@ public final class Store {
         return try s.step() ? s.blob(0) : nil
     }
 
+    /// The attribute the kernel asks for before every write to a file (must the write drop file capabilities?).
+    public static let capabilityXattr = Array("security.capability".utf8)
+    /// False while no inode has `capabilityXattr`, so that question needs no query. Becomes true at the first
+    /// `setXattr` of it and stays true (a rolled-back or removed one only costs the query again).
+    public private(set) var mayHaveCapabilityXattrs = true
+
     public func setXattr(ino: UInt64, name: [UInt8], value: [UInt8]) throws {
+        if name == Self.capabilityXattr { mayHaveCapabilityXattrs = true }
         try database.statement("INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?,?,?)").bind(.u64(ino), .blob(name), .blob(value)).run()
     }
 
@@ -558,6 +616,10 @@ public final class Store {
 
     /// A clean shutdown: metadata checkpointed into meta.db and everything in the store on disk.
     public func close() throws {
+        checkpointLock.withLock {
+            closed = true
+            checkpointer = nil
+        }
         database.releaseStatements()
         do {
             try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")

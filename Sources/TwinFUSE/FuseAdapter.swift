@@ -8,10 +8,12 @@ import TwinNode
 import TwinStore
 
 public struct MountOptions: Sendable {
-    /// Seconds the kernel may cache attributes and names. One node is the only writer, so caching is safe;
-    /// the mirror invalidates explicitly before a peer may write.
-    public var attrTimeoutSeconds: Double = 1.0
-    public var entryTimeoutSeconds: Double = 1.0
+    /// Seconds the kernel may cache attributes and names. Without a peer every change passes through this
+    /// kernel (the store is locked to this daemon), which updates or drops what it cached itself, so the cache
+    /// never goes stale and need not expire soon: with a short timeout an `rm` of files stat'ed a moment ago pays
+    /// a LOOKUP per name again. A mirrored volume caches nothing (below).
+    public var attrTimeoutSeconds: Double = 60
+    public var entryTimeoutSeconds: Double = 60
     /// A mirrored volume: the peer may change any location once this node grants its mark, so the kernel keeps
     /// no names or attributes (every lookup and stat asks the daemon, which consults the bitmaps) and page-cache
     /// contents are checked against mtime on each read (auto_inval_data). No readdirplus: a listing must not

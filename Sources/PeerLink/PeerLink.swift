@@ -138,7 +138,8 @@ final class Outbox: @unchecked Sendable {
     }
     var queued: (bytes: Int, frames: Int) { lock.lock(); defer { lock.unlock() }; return (bytes, frames) }
 
-    /// One flush for a burst of sends: true if the caller must schedule it (none is pending yet).
+    /// One flush for a burst of sends: true if the caller must schedule it (none is pending yet). Called on the
+    /// channel's event loop only, after the writes it covers.
     func needsFlush() -> Bool {
         lock.lock(); defer { lock.unlock() }
         if flushPending { return false }
@@ -270,18 +271,23 @@ public final class PeerLink: @unchecked Sendable {
         lock.unlock()
         guard let o = ob, epoch.map({ $0 == o.epoch }) ?? true else { return .notConnected }
         guard o.reserve(bytes: total, frames: items.count) else { return .queueFull }
-        for item in items {
-            let size = item.payload.count + FrameLimits.lengthBytes + 1 + FrameLimits.macBytes
-            o.channel.write(item).whenComplete { [weak self] _ in
-                if o.release(bytes: size, frames: 1), let self {
-                    self.loop.execute { if self.active?.epoch == o.epoch { self.onEvent(.writable(epoch: o.epoch)) } }
+        // The writes and the decision to flush run in one task on the loop: a flush is scheduled by the first
+        // write that finds none scheduled, and it runs after every write queued before it, so each message is
+        // flushed (a burst of sends still costs one flush). Deciding on the sending thread lost wake-ups: a
+        // write queued behind an already scheduled flush waited for the next send or heartbeat.
+        let channel = o.channel
+        channel.eventLoop.execute { [weak self] in
+            for item in items {
+                let size = item.payload.count + FrameLimits.lengthBytes + 1 + FrameLimits.macBytes
+                channel.write(item).whenComplete { _ in
+                    if o.release(bytes: size, frames: 1), let self {
+                        self.loop.execute { if self.active?.epoch == o.epoch { self.onEvent(.writable(epoch: o.epoch)) } }
+                    }
                 }
             }
-        }
-        // Writes from one thread reach the loop in order, so a flush submitted after them covers them; a burst of
-        // sends costs one flush (one syscall) instead of one each.
-        if o.needsFlush() {
-            o.channel.eventLoop.execute { o.flushed(); o.channel.flush() }
+            if o.needsFlush() {
+                channel.eventLoop.execute { o.flushed(); channel.flush() }
+            }
         }
         lock.lock(); statusValue.messagesSent += 1; lock.unlock()
         return .queued

@@ -37,9 +37,11 @@ final class Reaper: @unchecked Sendable {
             // Nothing waits for a reap: gather what arrives in the next moment (an `rm -rf` sends thousands of
             // forgets) into one transaction instead of one each.
             usleep(Self.gatherUs)
+            guard volume.backgroundGate.enter() else { return }
             volume.reapQueued()
             volume.store.emptyTrash()
             volume.store.replenishReserve()
+            volume.backgroundGate.leave()
         }
     }
 }

@@ -78,6 +78,15 @@ public final class Volume: @unchecked Sendable {
     /// fsync returns only once the peer holds the data durably too (`-o fsync=mirror`, the default).
     public var fsyncMirror = true
 
+    let backgroundGate = StoreGate()
+
+    /// Closes the store once no background thread (the reaper) uses it any more; the FUSE session and the mirror
+    /// must have stopped before. The volume is unusable afterwards.
+    public func close() throws {
+        backgroundGate.close()
+        try lock.withLock { try store.close() }
+    }
+
     public init(store: Store) {
         self.store = store
         self.trackBytes = UInt64(store.identity.trackBytes)

@@ -82,7 +82,7 @@ public final class Volume: @unchecked Sendable {
 
     /// Closes the store once no background thread (the reaper) uses it any more; the FUSE session and the mirror
     /// must have stopped before. The volume is unusable afterwards.
-    public func close() throws {
+    public func shutDown() throws {
         backgroundGate.close()
         try lock.withLock { try store.close() }
     }

@@ -130,7 +130,7 @@ struct MountCommand: ParsableCommand {
         mirror?.stop()
         let rc = [SIGTERM, SIGINT, SIGHUP].contains(loopResult) ? 0 : loopResult
         do {
-            try volume.close()
+            try volume.shutDown()
         } catch {
             writeStderr("twinfs: error: closing store: \(error)\n")
             return 1

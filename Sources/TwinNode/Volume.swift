@@ -145,8 +145,16 @@ public final class Volume: @unchecked Sendable {
 
     /// An inode number chosen before the operation, so the mirror can mark the new record first.
     private func reserveInode() throws -> UInt64? {
-        guard mirror != nil else { return nil }
-        return try query { try store.allocateInodeNumber() }
+        guard let mirror else { return nil }
+        while true {
+            let ino = try query { try store.allocateInodeNumber() }
+            // A replaced node's store starts its numbering afresh while numbers its predecessor used may exist on
+            // the peer (and, once pulled, here): a number with a record or a tombstone is skipped. While joining,
+            // reading the record pulls the peer's, so the check sees what only the peer has yet.
+            let inUse = { try self.store.storedVersion(.inode(ino)) != 0 }
+            let taken = mirror.status.core.joining ? try query(plan: { .reading(ino) }, inUse) : try query(inUse)
+            if !taken { return ino }
+        }
     }
 
     private func creationPlan(parent: UInt64, ino: UInt64?) -> Plan {

@@ -23,23 +23,32 @@ extension Store {
     /// Creates the mirror's tables in stores made before they existed (idempotent).
     public func prepareMirrorState() throws {
         try database.execute(Self.mirrorSchemaSQL)
+        // A paired store starts out joining (it may be empty while its peer is not); the first mount records it.
+        let joining = identity.pairing != nil ? 1 : 0
+        try database.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('mirror_joining', \(joining))")
     }
 
     /// Everything the mirror persisted, for a restart.
-    public func loadMirrorState() throws -> (rows: [MirrorStateRow], clockReservation: UInt64, incarnation: UInt64) {
+    public func loadMirrorState() throws -> (rows: [MirrorStateRow], clockReservation: UInt64, incarnation: UInt64, joining: Bool) {
         var rows: [MirrorStateRow] = []
         let s = try database.statement("SELECT ino, slot, state FROM mirror_state")
         while try s.step() {
             rows.append(
                 MirrorStateRow(ino: UInt64(bitPattern: s.int(0)), slot: UInt64(bitPattern: s.int(1)), state: UInt8(truncatingIfNeeded: s.int(2))))
         }
-        let c = try database.statement("SELECT name, value FROM counters WHERE name IN ('mirror_clock', 'mirror_incarnation')")
+        let c = try database.statement(
+            "SELECT name, value FROM counters WHERE name IN ('mirror_clock', 'mirror_incarnation', 'mirror_joining')")
         var clock: UInt64 = 0
         var incarnation: UInt64 = 0
+        var joining = false
         while try c.step() {
-            if c.text(0) == "mirror_clock" { clock = UInt64(bitPattern: c.int(1)) } else { incarnation = UInt64(bitPattern: c.int(1)) }
+            switch c.text(0) {
+            case "mirror_clock": clock = UInt64(bitPattern: c.int(1))
+            case "mirror_incarnation": incarnation = UInt64(bitPattern: c.int(1))
+            default: joining = c.int(1) != 0
+            }
         }
-        return (rows, clock, incarnation)
+        return (rows, clock, incarnation, joining)
     }
 
     /// Records a new incarnation (one per mount) and returns it.
@@ -54,7 +63,7 @@ extension Store {
 
     /// Writes a batch of states (state 0 deletes the row) and possibly a clock reservation, in the caller's
     /// transaction. Durable after the next `syncMetadata`.
-    public func writeMirrorState(_ rows: [MirrorStateRow], clockReservation: UInt64?) throws {
+    public func writeMirrorState(_ rows: [MirrorStateRow], clockReservation: UInt64?, joinCompleted: Bool = false) throws {
         let upsert = try database.statement("INSERT OR REPLACE INTO mirror_state(ino, slot, state) VALUES (?,?,?)")
         let delete = try database.statement("DELETE FROM mirror_state WHERE ino = ? AND slot = ?")
         for r in rows {
@@ -66,6 +75,9 @@ extension Store {
         }
         if let clockReservation {
             try database.statement("UPDATE counters SET value = ? WHERE name = 'mirror_clock'").bind(.u64(clockReservation)).run()
+        }
+        if joinCompleted {
+            try database.statement("UPDATE counters SET value = 0 WHERE name = 'mirror_joining'").run()
         }
     }
 

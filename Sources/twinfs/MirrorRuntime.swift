@@ -40,7 +40,9 @@ final class MirrorRuntime: @unchecked Sendable {
             }
             entries.append(PersistEntry(Location(ino: row.ino, slot: row.slot), state))
         }
-        let recovered = RecoveredState(entries: entries, clockReservation: saved.clockReservation, incarnation: incarnation)
+        let recovered = RecoveredState(
+            entries: entries, clockReservation: saved.clockReservation, incarnation: incarnation, joining: saved.joining)
+        joining = saved.joining
         store.database.releaseStatements()
         let config = MirrorConfig(node: me, peer: peer, peerTimeoutTicks: Tick(peerTimeoutMs))
         volume.fsyncMirror = fsyncMirror
@@ -53,6 +55,11 @@ final class MirrorRuntime: @unchecked Sendable {
     }
 
     private let box: LinkBox
+    /// The store started joining (its copy may lack anything the peer has): the filler walks the tree.
+    private let joining: Bool
+    private var filler: Filler?
+    /// How long a clean stop waits for the peer to take this node's tokens and data.
+    static let leaveTimeoutMs: UInt64 = 10_000
 
     /// The way to the peer, with a backlog: the core counts on delivery, in order, while a connection lasts, so a
     /// full outbox holds messages here until the link says it is writable again. Beyond `maxBacklogBytes` (or a
@@ -196,6 +203,14 @@ final class MirrorRuntime: @unchecked Sendable {
             throw UsageError(message: "cannot listen on \(pairing.listen): \(error)")
         }
         box.link = link
+        if joining {
+            let filler = Filler(volume: shell.volume)
+            filler.start {
+                Self.log("joined: this store has pulled every location it lacked (\(filler.progress.files) files)")
+                shell.post(.joinCompleted)
+            }
+            self.filler = filler
+        }
         control = try ControlServer(storePath: storePath) { [weak self] in self?.statusDocument() ?? [] }
         control?.start()
     }
@@ -208,6 +223,14 @@ final class MirrorRuntime: @unchecked Sendable {
     }
 
     func stop() {
+        filler?.stop()
+        if link?.status.connected == true {
+            if shell.leave(timeoutMs: Self.leaveTimeoutMs) {
+                Self.log("left cleanly: the peer holds every token and all data of this node")
+            } else {
+                Self.log("stopping with tokens or data not handed over (the peer will wait for this node for those)")
+            }
+        }
         control?.stop()
         link?.stop()
         shell.stop()
@@ -257,7 +280,18 @@ final class MirrorRuntime: @unchecked Sendable {
             "errors": ["store": s.storeErrors, "droppedSends": s.droppedSends, "unstampedWrites": s.unstampedWrites] as [String: Any],
             "lastError": s.lastError ?? "",
         ]
-        let doc: [String: Any] = ["mounted": true, "uptimeMs": Int(s.uptimeMs), "peer": peer, "mirror": mirror]
+        var join: [String: Any] = ["active": s.core.joining]
+        if let p = filler?.progress {
+            join["directories"] = p.directories
+            join["files"] = p.files
+            join["bytes"] = Int(p.bytes)
+            join["retries"] = p.retries
+            join["walkDone"] = p.done
+        }
+        let doc: [String: Any] = [
+            "mounted": true, "uptimeMs": Int(s.uptimeMs), "peer": peer, "mirror": mirror, "joining": join,
+            "leaving": s.core.leaving,
+        ]
         return Array((try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys])) ?? Data())
     }
 }

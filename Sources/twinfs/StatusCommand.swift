@@ -74,6 +74,9 @@ private func printLive(_ live: [String: Any]) {
     print("operations:  \(n(counters, "operationsGranted")) granted, \(n(counters, "operationsWithRoundTrip")) waited on the peer, \(n(counters, "operationsFailed")) failed, \(n(mirror, "activeOperations")) active")
     print("messages:    marks \(n(counters, "marksSent")), pulls \(n(counters, "pullsSent")), pushes \(n(counters, "pushesSent")), releases \(n(counters, "releasesSent"))")
     print("rates (/s):  marks \(n(rates, "marks")), pulls \(n(rates, "pulls")), pushes \(n(rates, "pushes")), releases \(n(rates, "releases"))")
+    if let join = live["joining"] as? [String: Any], join["active"] as? Bool == true {
+        print("joining:     filling from the peer: \(n(join, "directories")) directories, \(n(join, "files")) files, \(n(join, "bytes")) bytes so far")
+    }
     print("errors:      store \(n(errors, "store")), dropped sends \(n(errors, "droppedSends")), unstamped writes \(n(errors, "unstampedWrites"))")
 }
 

@@ -203,6 +203,21 @@ public final class MirrorShell: @unchecked Sendable {
         if case .some(.some(let error)) = waiter.flushError { throw FSError.mirror(String(describing: error)) }
     }
 
+    /// Graceful stop (after the FUSE session ended): the core pushes what is out of sync and hands back every
+    /// token it holds, so the peer can serve everything alone. Waits until nothing is held or out of sync, at most
+    /// `timeoutMs`; false if that did not happen (no peer, or too much to copy in time).
+    public func leave(timeoutMs: UInt64) -> Bool {
+        post(.leaveRequested)
+        let deadline = nowMs + timeoutMs
+        while nowMs < deadline {
+            let s = status.core
+            if !s.connected { return false }
+            if s.leaving && s.mosCount == 0 && s.oosCount == 0 { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
     public var status: MirrorShellStatus {
         statusLock.lock()
         defer { statusLock.unlock() }
@@ -336,7 +351,7 @@ public final class MirrorShell: @unchecked Sendable {
                 for ino in harden { try volume.store.syncData(ino) }
                 try volume.mirrorPersist(
                     batch.entries.map { Store.MirrorStateRow(ino: $0.location.ino, slot: $0.location.slot, state: $0.state.rawValue) },
-                    clockReservation: batch.clockReservation)
+                    clockReservation: batch.clockReservation, joinCompleted: batch.joinCompleted)
                 persistBatches += 1
                 if persistToken.map({ $0 < token }) ?? true { persistToken = token }
             } catch {

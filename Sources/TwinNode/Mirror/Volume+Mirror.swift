@@ -174,11 +174,13 @@ extension Volume {
         }
     }
 
-    func mirrorPersist(_ rows: [Store.MirrorStateRow], clockReservation: UInt64?) throws {
+    func mirrorPersist(_ rows: [Store.MirrorStateRow], clockReservation: UInt64?, joinCompleted: Bool) throws {
         try lock.withLock {
             defer { store.database.releaseStatements() }
             try store.withReserveOnFullDisk {
-                try store.database.transaction { try store.writeMirrorState(rows, clockReservation: clockReservation) }
+                try store.database.transaction {
+                    try store.writeMirrorState(rows, clockReservation: clockReservation, joinCompleted: joinCompleted)
+                }
             }
         }
     }

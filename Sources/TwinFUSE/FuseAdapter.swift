@@ -14,14 +14,17 @@ public struct MountOptions: Sendable {
     /// a LOOKUP per name again. A mirrored volume caches nothing (below).
     public var attrTimeoutSeconds: Double = 60
     public var entryTimeoutSeconds: Double = 60
-    /// A mirrored volume: the peer may change any location once this node grants its mark, so the kernel keeps
-    /// no names or attributes (every lookup and stat asks the daemon, which consults the bitmaps) and page-cache
-    /// contents are checked against mtime on each read (auto_inval_data). No readdirplus: a listing must not
-    /// hand out attributes of records that have not been pulled.
+    /// A mirrored volume: the peer may change any location once this node grants its mark. The kernel keeps no
+    /// names (every lookup asks the daemon, which consults the bitmaps): invalidating one entry takes its
+    /// directory's lock, which a FUSE request waiting on the core may hold, so names cannot be invalidated from
+    /// the executor. Attributes may be cached: the executor drops an inode's attributes before it acknowledges a
+    /// mark of any of its locations (a non-blocking notification; a reply computed earlier is then not cached,
+    /// by FUSE's attr_version), and with auto_inval_data a read revalidates them and drops pages when mtime or
+    /// size changed. No readdirplus: a listing must not hand out attributes of records not pulled yet.
     public var mirrored = false {
         didSet {
             if mirrored {
-                attrTimeoutSeconds = 0
+                attrTimeoutSeconds = 1
                 entryTimeoutSeconds = 0
             }
         }

@@ -92,6 +92,23 @@ public final class MirrorNode {
     /// `Event.leaveRequested` was stepped: every in-sync, unused MOS location is released at once (not only cold
     /// ones), and no locations are predicted, so the peer ends up holding no MOOS for this node.
     var leaving = false
+    /// Locations released on the current connection, and those released on a connection that went down (the
+    /// `release` may have been lost with it): re-sent after the next `connectionUp` if still released, so that a lost
+    /// release never leaves the peer with MOOS that nobody clears (which a leaving node's peer could not serve).
+    /// Bounded by `maxTrackedReleases`; beyond that a lost release only costs the peer a pull.
+    var releasedOnConnection: Set<Location> = []
+    var releaseResend: Set<Location> = []
+    var maxTrackedReleases: Int { max(1, config.maxMarkItems) * 256 }
+    /// Locations whose token (MOS or a takeover) this node lost other than by a release (an answer, a grant to the
+    /// peer, a revoked or unused takeover), or that the peer granted after we stopped waiting. The peer's MOOS there may outlive our
+    /// token: an answer clears it only if it answers the peer's latest pull. Harmless while we are around (the peer
+    /// pulls, we answer); a leaving node releases them explicitly. Bounded like the releases above; pruned when the
+    /// token comes back or the release is sent.
+    var answeredAway: Set<Location> = []
+
+    func noteHandedBack(_ l: Location) {
+        if answeredAway.count < maxTrackedReleases { answeredAway.insert(l) }
+    }
     var nextWake: Tick?
     var counters = MirrorCounters()
     /// Actions of the current step (swapped with the caller's buffer).
@@ -196,7 +213,7 @@ public final class MirrorNode {
         // A pending flush (or leaving) makes the background copy run now, whatever its delay.
         if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks
                          || !flushNeeds.isEmpty || leaving) { pumpPushes() }
-        if leaving && connected && bits.mosCount > 0 { releaseCold() }
+        if leaving && connected && (bits.mosCount > 0 || !answeredAway.isEmpty) { releaseCold() }
         if connected && config.pushDelayTicks > 0 && !pushQueue.isEmpty {
             scheduleWake(lastPumpTick &+ config.pushDelayTicks)
         }
@@ -463,7 +480,7 @@ public final class MirrorNode {
             let l = it.location
             let before = persisted(l)
             if unwritten.contains(l) {
-                if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); wake(l) }
+                if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); noteHandedBack(l); wake(l) }
             } else {
                 takeover[l] = nil
                 settleCompared(l, keepMOOS: true)  // our new data supersede whatever the peer holds
@@ -490,7 +507,13 @@ public final class MirrorNode {
                 let before = persisted(it.location)
                 takeover[it.location] = nil
                 bits.setToken(it.location, .moos)
+                noteHandedBack(it.location)
                 touch(it.location, before)
+                // Nobody holds the token now, and our MOOS would stay until a read: compare now, so that the pair
+                // does not keep MOOS on both sides (a leaving peer could not answer later).
+                if connected && pulls[it.location] == nil && grantsUnsent.at(it.location) == nil {
+                    sendPull([it.location])
+                }
             }
         }
         var released: [Location] = []
@@ -604,6 +627,7 @@ public final class MirrorNode {
         let before = persisted(l)
         takeover[l] = nil
         bits.setToken(l, .moos)
+        noteHandedBack(l)
         touch(l, before)
     }
 
@@ -762,6 +786,8 @@ public final class MirrorNode {
         // the peer acknowledges our data (the location becomes contested if OOS is set).
         takeover[l] = nil
         bits.setToken(l, .moos)
+        // The peer may end up with MOOS but without the token (its takeover abandoned): a leaving node releases it.
+        noteHandedBack(l)
         touch(l, before)
         grantsUnsent[l, default: 0] += 1
         if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
@@ -824,6 +850,7 @@ public final class MirrorNode {
     func receiveMarkReply(_ r: MarkReply) {
         observe(clock: r.clock)
         for g in r.granted where markOf[g.location] != r.id || outMarks[r.id] == nil {
+            noteHandedBack(g.location)  // the peer set MOOS for a token we do not take
             // Data for a grant we no longer wait for: still land it (if newer) and acknowledge it, or the granter
             // would wait for the ack forever.
             if let data = g.data, let v = g.version {
@@ -878,6 +905,8 @@ public final class MirrorNode {
             if let op = takeoverRequested.removeValue(forKey: l), ops[op] != nil {
                 takeover[l] = op
                 bits.setToken(l, .mos)
+            } else {
+                noteHandedBack(l)  // the peer holds MOOS for a token nobody took
             }
         } else {
             bits.setToken(l, .mos)
@@ -885,6 +914,7 @@ public final class MirrorNode {
         // A token just granted is warm even if no operation used it yet (predicted locations): releasing it at
         // the next tick would throw the prediction away.
         if config.release.enabled { hot.insert(l) }
+        if !answeredAway.isEmpty && bits.token(l) == .mos { answeredAway.remove(l) }
         touch(l, before)
     }
 
@@ -896,8 +926,11 @@ public final class MirrorNode {
         if rules.giveUpTokenOnPull { landing[l] = nil }
         if rules.giveUpTokenOnPull {
             // Hazard 2: the answer hands the token back; a takeover copy is stale, so it returns to MOOS.
-            if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos) }
-            else if bits.token(l) == .mos { bits.setToken(l, .none) }
+            if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); noteHandedBack(l) }
+            else if bits.token(l) == .mos {
+                bits.setToken(l, .none)
+                noteHandedBack(l)
+            }
         }
         touch(l, before)
         if bits.oos(l) || forceData {
@@ -1206,7 +1239,22 @@ public final class MirrorNode {
                 released.append(l)
             }
         }
+        if leaving && !answeredAway.isEmpty && released.count < config.release.maxReleasesPerTick {
+            // Tokens handed over by answers: the peer may still hold MOOS for them (see `answeredAway`).
+            for l in answeredAway.sorted() where released.count < config.release.maxReleasesPerTick {
+                // MOS: the release scan takes it. MOOS is fine: we hold no token and nothing the peer lacks.
+                guard bits.token(l) != .mos else { answeredAway.remove(l); continue }
+                guard !bits.oos(l), takeover.at(l) == nil, locks.at(l) == nil, inFlight.at(l) == nil,
+                      markOf.at(l) == nil, landing.at(l) == nil, receiving.at(l) == nil, answering.at(l) == nil,
+                      deferred.at(l) == nil else { continue }
+                answeredAway.remove(l)
+                released.append(l)
+            }
+        }
         if !released.isEmpty {
+            if releasedOnConnection.count + released.count <= maxTrackedReleases {
+                releasedOnConnection.formUnion(released)
+            }
             counters.releasesSent += released.count
             out.append(.send(.release(Release(locations: released))))
         }
@@ -1233,10 +1281,25 @@ public final class MirrorNode {
         }
         if !compare.isEmpty { sendPull(compare.sorted()) }
         for ino in bits.inodeNumbers { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
+        // Releases that may have died with the last connection, for locations still released (no token, nothing
+        // unsynced, no mark of ours on the way): the peer's MOOS there is stale, and it clears only MOOS it can.
+        let resend = releaseResend.filter {
+            bits.token($0) == .none && !bits.oos($0) && markOf.at($0) == nil && landing.at($0) == nil
+        }.sorted()
+        releaseResend = []
+        releasedOnConnection = Set(resend)
+        let chunk = max(1, config.maxMarkItems)
+        for start in stride(from: 0, to: resend.count, by: chunk) {
+            out.append(.send(.release(Release(locations: Array(resend[start..<min(start + chunk, resend.count)])))))
+        }
     }
 
     func connectionDown() {
         connected = false
+        if releaseResend.count + releasedOnConnection.count <= maxTrackedReleases {
+            releaseResend.formUnion(releasedOnConnection)
+        }
+        releasedOnConnection = []
         peerHello = nil
         deferred = [:]
         replies = [:]
@@ -1301,7 +1364,7 @@ public final class MirrorNode {
         outMarks = [:]; markOf = [:]; landing = [:]; pulls = [:]; takeover = [:]; takeoverRequested = [:]
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
         deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
-        releaseScan = []; leaving = false; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
+        releaseScan = []; leaving = false; releasedOnConnection = []; releaseResend = []; answeredAway = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         oosNonEmptySince = now
     }
 

@@ -19,6 +19,12 @@ public struct LocationState: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(token)\(outOfSync ? "+oos" : "")" }
 }
 
+extension MirrorNode {
+    /// This node's copy of `location` must fetch the peer's data before it is served (restored from the superset
+    /// after a crash, or never compared while joining). For the simulator's checks.
+    public func comparesBeforeServing(_ location: Location) -> Bool { isUncompared(location) }
+}
+
 public struct MirrorCounters: Hashable, Sendable {
     public var marksSent = 0
     public var locationsMarked = 0

@@ -36,6 +36,13 @@ public struct SimOptions: Sendable {
     public var uniformDisks = false
     /// Overrides the seed's writeback delay (how old an unsynced write must be to survive a power loss).
     public var writebackUs: SimTimeUs?
+    /// Joining (PROTOCOL.md "Joining"): node A's store is populated before the run (every register written by one
+    /// completed operation), node B's is fresh and joins: it reads every location through a filler (the shell's
+    /// walk) while its clients work, restarting the walk after a crash, and then steps `joinCompleted`.
+    public var joining = false
+    /// Leaving (PROTOCOL.md "Leaving"): node A steps `leaveRequested` when healing begins (or when it restarts
+    /// during healing); the final checks then want A without MOS and, if A never crashed, B without MOOS.
+    public var leave = false
     public init() {}
 }
 
@@ -65,6 +72,8 @@ public final class Simulation {
         case faultTick
         case restart(node: Int)
         case reconnect
+        /// The joining node's walk reads its next location.
+        case fillNext(node: Int, incarnation: UInt64)
     }
 
     struct Node {
@@ -117,6 +126,13 @@ public final class Simulation {
     var restartScheduled: [Bool] = [false, false]
     var invariantReported = false
     var pendingWakes: [Set<SimTimeUs>] = [[], []]
+    /// Joining runs: the filler's next location and its read in flight, per node.
+    var fillCursor = [0, 0]
+    var fillOp: [Int?] = [nil, nil]
+    var crashedEver = [false, false]
+    /// Store completions scheduled and not yet delivered (a skipped `onlyIfNewer` write has no store I/O but its
+    /// completion still changes the core's state, so the run is not settled before it).
+    var ioPending = 0
     /// Operations with a completed effect a power loss legitimately undid somewhere (written, never synced).
     public private(set) var rolledBackOps: [Int] = []
 
@@ -165,7 +181,9 @@ public final class Simulation {
     public func runSwarm() -> SimResult {
         log("config \(config)")
         log("core \(coreSetup.description)")
+        if options.joining { prepareJoin() }
         for node in 0..<2 { boot(node) }
+        if options.joining { queue.schedule(afterUs: 1, .fillNext(node: 1, incarnation: 0)) }
         connect()
         for node in 0..<2 {
             for client in 0..<config.clientsPerNode {
@@ -208,7 +226,10 @@ public final class Simulation {
 
     public func boot(_ node: Int) {
         precondition(nodes[node].core == nil)
-        nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction())
+        let image = nodes[node].store.persisted
+        nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction(),
+                                      recovered: RecoveredState(entries: [], clockReservation: image.clockReservation,
+                                                                incarnation: 0, joining: image.joining))
         log("\(nodeName(node)) boots")
         scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
     }
@@ -288,6 +309,8 @@ public final class Simulation {
         }
         nodes[node].core = nil
         nodes[node].incarnation += 1
+        fillOp[node] = nil
+        crashedEver[node] = true
         nodes[node].cache = [:]
         pendingWakes[node] = []
         heldMessages[node] = []
@@ -303,12 +326,18 @@ public final class Simulation {
         let image = nodes[node].store.persisted
         let entries = image.states.sorted { $0.key < $1.key }.map { PersistEntry($0.key, $0.value) }
         let recovered = RecoveredState(entries: entries, clockReservation: image.clockReservation,
-                                       incarnation: nodes[node].incarnation)
+                                       incarnation: nodes[node].incarnation, joining: image.joining)
         nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction(),
                                       recovered: recovered)
         log("\(nodeName(node)) restarts (incarnation \(nodes[node].incarnation)) with \(entries.count) persisted entries, clock reservation \(image.clockReservation)")
         scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
         scheduleReconnect(afterUs: 1_000)
+        if image.joining {
+            // The shell walks the tree again from the start until it has recorded the completion.
+            fillCursor[node] = 0
+            queue.schedule(afterUs: 1, .fillNext(node: node, incarnation: nodes[node].incarnation))
+        }
+        if options.leave && node == 0 && phase != .faulty { step(0, .leaveRequested) }
         if phase == .faulty {
             for c in 0..<config.clientsPerNode where nodes[node].clientOps[c] == nil {
                 queue.schedule(afterUs: clientRandom.uint64(0...1_000), .clientNext(node: node, client: c))
@@ -358,7 +387,7 @@ public final class Simulation {
 
     /// No messages, disk I/O or operations in flight.
     public var isSettled: Bool {
-        inFlightMessages == 0 && live.isEmpty && nodes.allSatisfy { !$0.store.hasIOInFlight }
+        inFlightMessages == 0 && live.isEmpty && ioPending == 0 && nodes.allSatisfy { !$0.store.hasIOInFlight }
     }
 
     public func view(_ node: Int) -> NodeView? { nodes[node].core.map { map.view(of: $0) } }
@@ -382,6 +411,7 @@ public final class Simulation {
             log("\(nodeName(to)) <- \(MessageDescriber.describe(message))")
             step(to, .received(message))
         case .ioDone(let node, let incarnation, let io):
+            ioPending -= 1
             guard nodes[node].incarnation == incarnation, nodes[node].isUp else { return }
             switch io {
             case .read(let token, let payload, let version):
@@ -423,6 +453,9 @@ public final class Simulation {
         case .restart(let node):
             restartScheduled[node] = false
             restart(node)
+        case .fillNext(let node, let incarnation):
+            guard nodes[node].incarnation == incarnation else { return }
+            fillNext(node)
         case .reconnect:
             reconnectScheduled = false
             if network.isConnected || !nodes.allSatisfy(\.isUp) { return }
@@ -547,6 +580,43 @@ public final class Simulation {
         }
     }
 
+    /// Joining runs: A's store holds one completed write of every register (op#0, durable), B's store is fresh.
+    func prepareJoin() {
+        var writes: [RegisterKey: WriteStamp] = [:]
+        let stamp = WriteStamp(history.ops.count + 1)
+        var populate: [(Int, LocationData)] = []
+        for loc in 0..<layout.locationCount {
+            for k in layout.registers(loc) { writes[k] = stamp }
+            populate.append((loc, LocationData(version: Version(counter: 1, node: NodeID(1)),
+                                               slots: Array(repeating: stamp, count: layout.slotCounts[loc]))))
+        }
+        let id = history.invoke(node: 0, label: "populate", atUs: 0, writes: writes, readKeys: [])
+        history.complete(id, atUs: 0, outcome: .ok)
+        for k in writes.keys.sorted() { history.markSynced(id, k) }
+        nodes[0].store.prepare(populate: populate, clockReservation: 1 << 16, joining: false)
+        nodes[1].store.prepare(populate: [], clockReservation: 0, joining: true)
+        log("A's store is populated (op#\(id), stamp \(stamp)); B joins")
+    }
+
+    /// The joining node's walk: reads every location in order (each read pulls what the store lacks), retrying a
+    /// failed read, then steps `joinCompleted`.
+    func fillNext(_ node: Int) {
+        guard let core = nodes[node].core, core.status.joining, fillOp[node] == nil else { return }
+        guard fillCursor[node] < layout.locationCount else {
+            log("\(nodeName(node)) completes its join")
+            step(node, .joinCompleted)
+            return
+        }
+        let loc = fillCursor[node]
+        let id = issue(SimOp(category: .read, reads: [loc], writes: [], label: "fill \(layout.name(loc))"), on: node)
+        if history.op(id).outcome == .ok {
+            fillCursor[node] += 1  // served from the kernel cache: the daemon already read it
+            queue.schedule(afterUs: 1, .fillNext(node: node, incarnation: nodes[node].incarnation))
+        } else {
+            fillOp[node] = id
+        }
+    }
+
     func applyGranted(_ node: Int, _ id: Int) {
         guard let op = live[id], let versions = op.granted else { return }
         var missing: [String] = []
@@ -586,6 +656,7 @@ public final class Simulation {
         // Completions come back in issue order, like a journal.
         let at = max(queue.nowUs + diskDelay(node), nodes[node].lastIoCompletionUs)
         nodes[node].lastIoCompletionUs = at
+        ioPending += 1
         queue.schedule(atUs: at, .ioDone(node: node, incarnation: nodes[node].incarnation, io))
     }
 
@@ -626,6 +697,11 @@ public final class Simulation {
             log("\(nodeName(node)) op#\(id) done" + (reads.isEmpty ? "" : " read \(reads.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })"))
         }
         if let client = op.client { clientDone(node: node, client: client) }
+        if fillOp[node] == id {
+            fillOp[node] = nil
+            if error == nil { fillCursor[node] += 1 }
+            queue.schedule(afterUs: error == nil ? 1 : 10_000, .fillNext(node: node, incarnation: nodes[node].incarnation))
+        }
     }
 
     func clientDone(node: Int, client: Int) {
@@ -661,6 +737,7 @@ public final class Simulation {
         phase = .healing
         healStartUs = queue.nowUs
         log("healing: no more faults or new operations")
+        if options.leave && nodes[0].isUp { step(0, .leaveRequested) }
         network.healPartition(nowUs: queue.nowUs)
         for node in 0..<2 where !nodes[node].isUp && !restartScheduled[node] {
             restartScheduled[node] = true
@@ -672,6 +749,7 @@ public final class Simulation {
     /// Healed and drained: connected, nothing in flight, no out-of-sync data on either node.
     public var isQuiescent: Bool {
         network.isConnected && heldCount == 0 && isSettled
+            && nodes.allSatisfy { $0.core?.status.joining != true }
             && nodes.allSatisfy { n in n.core.map { map.view(of: $0).oos.isEmpty } ?? false }
     }
 
@@ -697,8 +775,7 @@ public final class Simulation {
             }
             // The peer's MOOS must be durable wherever this node holds MOS (PROTOCOL invariant; hazard 7).
             let peerStore = nodes[1 - x].store
-            let peerMoos = map.ids(peerStore.persisted.moos)
-            let unbacked = v.mos.subtracting(peerMoos)
+            let unbacked = v.mos.filter { !peerStore.persisted.restoresMOOS(map[$0]) }
             if !unbacked.isEmpty {
                 invariantReported = true
                 fail(.invariant, "\(nodeName(x)) holds MOS for \(names(unbacked)) but \(nodeName(1 - x)) has no durable MOOS there")
@@ -716,6 +793,11 @@ public final class Simulation {
                 let location = map.locations[loc]
                 func superset(_ s: PersistedState?) -> Bool { s == .held || s == .contested }
                 if superset(store.persisted.states[location]) { continue }
+                // A joining peer that has not compared the location fetches ours before serving it, and so does its
+                // restart (no entry: the joining default; or a superset bit).
+                let peerEntry = peerStore.persisted.states[location]
+                if peerStore.persisted.joining && (peerEntry == nil || superset(peerEntry))
+                    && (nodes[1 - x].core?.comparesBeforeServing(location) ?? true) { continue }
                 let peerKnows = views[1 - x].map { $0.oos.contains(loc) } ?? true
                 if peerKnows && superset(peerStore.persisted.states[location]) { continue }
                 unprotected.insert(loc)
@@ -769,6 +851,12 @@ public final class Simulation {
         let va = view(0)!, vb = view(1)!
         if !va.oos.isEmpty || !vb.oos.isEmpty {
             fail(.undrained, "OOS not empty after healing: A=\(names(va.oos)) B=\(names(vb.oos))")
+        }
+        if options.leave {
+            // A left: it holds no token, and unless a crash of A left MOOS behind on B that nobody clears (a restarted
+            // node never trusts MOS it may have held), B holds no MOOS for it either and serves everything alone.
+            if !va.mos.isEmpty { fail(.undrained, "A left but still holds MOS for \(names(va.mos))") }
+            if !crashedEver[0] && !vb.moos.isEmpty { fail(.undrained, "A left but B still holds MOOS for \(names(vb.moos))") }
         }
         if !va.mos.isSubset(of: vb.moos) || !vb.mos.isSubset(of: va.moos) {
             fail(.undrained, "MOS not mirrored by the peer's MOOS: A.mos=\(names(va.mos)) B.moos=\(names(vb.moos)) B.mos=\(names(vb.mos)) A.moos=\(names(va.moos))")

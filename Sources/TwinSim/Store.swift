@@ -40,11 +40,17 @@ public struct LocationData: Equatable, Sendable, CustomStringConvertible {
 public struct PersistedImage: Equatable, Sendable {
     public var states: [Location: PersistedState] = [:]
     public var clockReservation: UInt64 = 0
+    /// A joining store (the shell's durable flag): set at creation, cleared with the batch that completes the join.
+    public var joining = false
     public init() {}
     public mutating func apply(_ batch: PersistBatch) {
         for e in batch.entries { states[e.location] = e.state == PersistedState.none ? nil : e.state }
         if let r = batch.clockReservation { clockReservation = r }
+        if batch.joinCompleted { joining = false }
     }
+    /// A restart from this image starts with MOOS at `l`: see `moos`; while joining also every location without an
+    /// entry (the joining default).
+    public func restoresMOOS(_ l: Location) -> Bool { states[l] != nil || joining }
     /// Locations where a restart from this image starts with MOOS: `moos` and `contested`, and also `held`, which
     /// recovery turns into MOOS (the store may have lost unsynced writes the peer holds, so it pulls first).
     public var moos: Set<Location> {
@@ -82,6 +88,14 @@ public struct SimStore: Sendable {
         visible = initial
         durable = initial
         self.writebackUs = writebackUs
+    }
+
+    /// Joining runs: a populated store holds `data` at `location` before the run (durable), with this clock
+    /// reservation covering its versions; a joining store starts with the joining flag set.
+    public mutating func prepare(populate: [(Int, LocationData)], clockReservation: UInt64, joining: Bool) {
+        for (l, d) in populate { visible[l] = d; durable[l] = d }
+        persisted.clockReservation = clockReservation
+        persisted.joining = joining
     }
 
     public mutating func addLocation(slots: Int) {

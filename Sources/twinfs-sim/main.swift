@@ -91,6 +91,10 @@ struct TwinfsSim: ParsableCommand {
     @Flag(help: "Focus on durability races: node A's disk 30x slower, crashes every few ms, all power losses.")
     var harshDisks = false
     @Flag(help: "Do not model the kernel cache.") var noKernelCache = false
+    @Flag(help: "Node A starts populated, node B fresh and joining: B walks every location, then completes its join.")
+    var joining = false
+    @Flag(help: "Node A leaves (graceful stop) when healing begins; A must end without MOS and B without MOOS.")
+    var leave = false
     @Option(help: "Switch off one protocol rule (mutation testing): \(Rule.allCases.map(\.rawValue).joined(separator: ", ")).")
     var ruleOff: [Rule] = []
     @Option(help: "Override the prediction window (0: no prediction).") var window: Int?
@@ -107,6 +111,8 @@ struct TwinfsSim: ParsableCommand {
         o.harshDisks = harshDisks
         o.checkInvariantsEachStep = !noInvariants
         o.kernelCache = !noKernelCache
+        o.joining = joining
+        o.leave = leave
         for r in ruleOff { r.switchOff(&o.rules) }
         if let window { o.adjustCore = { $0.predictionWindow = window } }
         return o

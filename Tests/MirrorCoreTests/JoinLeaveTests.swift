@@ -217,4 +217,19 @@ final class LeavingTests: XCTestCase {
         XCTAssertEqual(p.core(.a).status.counters.locationsPredicted, predicted, "a leaving node predicts nothing")
         XCTAssertEqual(p.violations, [])
     }
+
+    func testAReleaseLostWithTheConnectionIsSentAgain() {
+        let p = Pair(a: Pair.config(.a, release: ReleasePolicy(enabled: true, coldAfterTicks: 100)))
+        p.write(.a, [track(0)], .writePartial)
+        p.feed(.a, .tick(100))
+        p.feed(.a, .tick(200))  // cold now: released, the message on the wire
+        XCTAssertEqual(p.state(.a, track(0)).token, .none)
+        XCTAssertEqual(p.count(.a, "send release"), 1)
+        p.disconnect()          // ... and lost
+        XCTAssertEqual(p.state(.b, track(0)).token, .moos, "without the release B would pull this for good")
+        p.connect()
+        XCTAssertEqual(p.count(.a, "send release"), 2, "re-sent after the reconnect")
+        XCTAssertEqual(p.state(.b, track(0)).token, .none)
+        XCTAssertEqual(p.violations, [])
+    }
 }

@@ -1,7 +1,9 @@
 // WALSyncer: group commit for metadata durability. fsync() of a file needs two flushes — the file's data file
 // and the SQLite WAL — and running them one after the other doubles the latency. One thread flushes the WAL
 // while the caller flushes the data file; concurrent fsyncs share WAL flushes (a flush that starts after a
-// request covers it). Never: touch SQLite's connection (only the WAL's descriptor, via Store.syncMetadata).
+// request covers it), and a flush that would cover no new commit is skipped. WALCheckpointer (below) copies the
+// WAL into meta.db off the FUSE threads. Never: touch the volume's SQLite connection (only the WAL's descriptor,
+// via Store.syncMetadata, and the store's checkpoint connection, via Store.checkpointInBackground).
 import Glibc
 import TwinStore
 
@@ -42,16 +44,25 @@ final class WALSyncer: @unchecked Sendable {
     }
 
     private func run(_ store: Store) {
+        /// Commits the last successful flush covered: every commit counted before it started.
+        var flushedCommits: UInt64?
         while true {
             pthread_mutex_lock(&mutex)
             while completed == requested { pthread_cond_wait(&cond, &mutex) }
             let target = requested
             pthread_mutex_unlock(&mutex)
+            // Every commit a request depends on was counted before the request was made (its reply went out after
+            // the commit), so a count unchanged since the last flush began means those commits are durable already:
+            // an fsync of a file nothing was committed for since (re-fsync, read-only, unchanged) needs no flush.
+            let commits = store.commitCount
             var failure: FSError?
-            do {
-                try store.syncMetadata()
-            } catch {
-                failure = (error as? FSError) ?? .io
+            if commits != flushedCommits {
+                do {
+                    try store.syncMetadata()
+                    flushedCommits = commits
+                } catch {
+                    failure = (error as? FSError) ?? .io
+                }
             }
             pthread_mutex_lock(&mutex)
             completed = target

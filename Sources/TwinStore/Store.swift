@@ -5,6 +5,7 @@
 import Foundation
 import Glibc
 import CLinuxShims
+import Synchronization
 
 public struct StoreCounts: Equatable, Sendable {
     public var inodes: Int
@@ -50,6 +51,10 @@ public final class Store {
     private var checkpointer: SQLiteDatabase?
     private let checkpointLock = Lock()
     private var closed = false
+    /// Commits of the volume's connection since the store was opened (counted by the WAL hook, after the commit's
+    /// frames are in the WAL). Readable from any thread: a WAL flush that would cover no new commit is skipped.
+    private let commitCounter = Atomic<UInt64>(0)
+    public var commitCount: UInt64 { commitCounter.load(ordering: .acquiring) }
 
     // MARK: create
 
@@ -255,6 +260,7 @@ public final class Store {
         try background.execute("PRAGMA synchronous=NORMAL")
         checkpointer = background
         database.observeWAL { [unowned self] frames in
+            commitCounter.add(1, ordering: .releasing)
             if frames >= Self.forcedCheckpointFrames {
                 // The background checkpointer fell behind (it cannot finish while the writer keeps adding
                 // frames): wait for its current pass, then copy the rest with the writer held, so the WAL starts

@@ -84,4 +84,17 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(try reopened.counts().inodes, 20_001, "every commit is there after the checkpoints")
         XCTAssertNotNil(try reopened.lookup(parent: InodeRecord.rootIno, name: Array("f19999".utf8)))
     }
+
+    func testTheCommitCountMovesWithEveryCommitAndOnlyThen() throws {
+        let store = try Store.open(at: dir)
+        let before = store.commitCount
+        try commitOne(store, 1)
+        XCTAssertEqual(store.commitCount, before + 1, "a transaction is one commit")
+        _ = try store.inode(InodeRecord.rootIno)
+        _ = try store.lookup(parent: InodeRecord.rootIno, name: Array("f1".utf8))
+        store.database.releaseStatements()
+        XCTAssertEqual(store.commitCount, before + 1, "reads commit nothing, so a WAL flush after them can be skipped")
+        try store.setXattr(ino: InodeRecord.rootIno, name: Array("user.a".utf8), value: [1])
+        XCTAssertEqual(store.commitCount, before + 2, "a statement outside a transaction commits on its own")
+    }
 }

@@ -189,34 +189,25 @@ public final class Volume: @unchecked Sendable {
         reaper.poke()
     }
 
-    /// Inodes the reaper deletes per transaction: the volume lock is free between chunks, so an `rm -rf`'s
-    /// unlinks wait for at most one chunk (each deletion moves a data file: milliseconds on a busy disk).
-    static let reapChunkInodes = 16
-
-    /// Deletes the queued inodes, a chunk per transaction (called by the reaper thread).
+    /// Deletes the queued inodes in one transaction (called by the reaper thread).
     func reapQueued() {
-        while lock.withLock({ reapChunk() }) {}
-    }
-
-    /// Deletes up to `reapChunkInodes` queued inodes in one transaction; false when the queue is empty or the
-    /// chunk failed (kept for the next pass and, failing that, deleted as orphans at the next mount).
-    private func reapChunk() -> Bool {
-        defer { store.database.releaseStatements() }
-        guard !reapQueue.isEmpty else { return false }
-        let batch = Array(reapQueue.prefix(Self.reapChunkInodes))
-        reapQueue.removeFirst(batch.count)
-        do {
-            try store.withReserveOnFullDisk {
-                try store.database.transaction {
-                    for ino in batch where !isReferenced(ino) {
-                        if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino, version: store.nextVersion()) }
+        lock.withLock {
+            defer { store.database.releaseStatements() }
+            guard !reapQueue.isEmpty else { return }
+            let batch = reapQueue
+            reapQueue.removeAll()
+            do {
+                try store.withReserveOnFullDisk {
+                    try store.database.transaction {
+                        for ino in batch where !isReferenced(ino) {
+                            if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino, version: store.nextVersion()) }
+                        }
                     }
                 }
+            } catch {
+                // Kept for the next pass (and, failing that, deleted as orphans at the next mount).
+                reapQueue += batch
             }
-            return true
-        } catch {
-            reapQueue += batch
-            return false
         }
     }
 

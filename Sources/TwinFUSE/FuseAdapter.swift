@@ -11,7 +11,7 @@ public struct MountOptions: Sendable {
     /// Seconds the kernel may cache attributes and names. Without a peer every change passes through this
     /// kernel (the store is locked to this daemon), which updates or drops what it cached itself, so the cache
     /// never goes stale and need not expire soon: with a short timeout an `rm` of files stat'ed a moment ago pays
-    /// a LOOKUP per name again. A mirrored volume caches nothing (below).
+    /// a LOOKUP per name again. A mirrored volume caches no names and attributes only briefly (below).
     public var attrTimeoutSeconds: Double = 60
     public var entryTimeoutSeconds: Double = 60
     /// A mirrored volume: the peer may change any location once this node grants its mark. The kernel keeps no

@@ -232,8 +232,8 @@ final class LocationBits {
     /// Returns the previous token.
     @discardableResult
     func setToken(_ l: Location, _ new: TokenState) -> TokenState {
-        let shown = token(l)
         let old = explicitToken(l)
+        let shown = old == .none && joining && !isCompared(l) ? TokenState.moos : old
         // Joining: clearing the default MOOS of a location never compared would leave it MOOS (I7: an uncompared
         // copy is never token none); the caller compares first.
         assert(!(joining && new == .none && shown == .moos && old == .none), "default MOOS cleared before comparison")

@@ -96,11 +96,11 @@ public final class MirrorNode {
     /// `release` may have been lost with it): re-sent after the next `connectionUp` if still released, so that a lost
     /// release never leaves the peer with MOOS that nobody clears (which a leaving node's peer could not serve).
     /// Bounded by `maxTrackedReleases`; beyond that a lost release only costs the peer a pull.
-    var releasedOnConnection: Set<Location> = []
-    var releaseResend: Set<Location> = []
+    var releasedOnConnection: [Location] = []
+    var releaseResend: [Location] = []
     var maxTrackedReleases: Int { max(1, config.maxMarkItems) * 256 }
-    /// Locations whose token (MOS or a takeover) this node lost other than by a release (an answer, a grant to the
-    /// peer, a revoked or unused takeover), or that the peer granted after we stopped waiting. The peer's MOOS there may outlive our
+    /// Locations whose token (MOS or a takeover) this node lost other than by a release (a grant to the peer, a
+    /// deferred answer, a revoked or unused takeover), or that the peer granted after we stopped waiting. The peer's MOOS there may outlive our
     /// token: an answer clears it only if it answers the peer's latest pull. Harmless while we are around (the peer
     /// pulls, we answer); a leaving node releases them explicitly. Bounded like the releases above; pruned when the
     /// token comes back or the release is sent.
@@ -546,7 +546,12 @@ public final class MirrorNode {
             let holdMarks = starvedReadAwaitsAnswer(l)
             for d in ds {
                 switch d {
-                case .pull(let id, let force): answerPull(l, pullID: id, forceData: force)
+                case .pull(let id, let force):
+                    // A deferred pull may predate the peer's grant that gave us this MOS: its answer then cannot
+                    // clear the peer's MOOS (race 1). An answer to a pull received while we held the token can.
+                    let held = bits.token(l) == .mos
+                    answerPull(l, pullID: id, forceData: force)
+                    if held && bits.token(l) != .mos { noteHandedBack(l) }
                 case .mark(let id, let item):
                     if holdMarks { deferred[l, default: []].append(d); continue }
                     var reply = PendingReply(id: id, epoch: epoch)
@@ -786,7 +791,8 @@ public final class MirrorNode {
         // the peer acknowledges our data (the location becomes contested if OOS is set).
         takeover[l] = nil
         bits.setToken(l, .moos)
-        // The peer may end up with MOOS but without the token (its takeover abandoned): a leaving node releases it.
+        // The peer may end with MOOS but without the token (its takeover died, or its copy landed after it gave the
+        // token back): a leaving node releases it.
         noteHandedBack(l)
         touch(l, before)
         grantsUnsent[l, default: 0] += 1
@@ -907,6 +913,8 @@ public final class MirrorNode {
                 bits.setToken(l, .mos)
             } else {
                 noteHandedBack(l)  // the peer holds MOOS for a token nobody took
+                // Nobody holds the token and both sides hold MOOS: compare now (see `endOperation`).
+                if connected && pulls[l] == nil && grantsUnsent.at(l) == nil { sendPull([l]) }
             }
         } else {
             bits.setToken(l, .mos)
@@ -929,7 +937,9 @@ public final class MirrorNode {
             if takeover.at(l) != nil { takeover[l] = nil; bits.setToken(l, .moos); noteHandedBack(l) }
             else if bits.token(l) == .mos {
                 bits.setToken(l, .none)
-                noteHandedBack(l)
+                // The answer ends the peer's MOOS like a release, and like a release it can die with the connection
+                // (or with the peer's restart, which restores MOOS): re-sent as a release after a reconnect.
+                if releasedOnConnection.count < maxTrackedReleases { releasedOnConnection.append(l) }
             }
         }
         touch(l, before)
@@ -1253,7 +1263,7 @@ public final class MirrorNode {
         }
         if !released.isEmpty {
             if releasedOnConnection.count + released.count <= maxTrackedReleases {
-                releasedOnConnection.formUnion(released)
+                releasedOnConnection.append(contentsOf: released)
             }
             counters.releasesSent += released.count
             out.append(.send(.release(Release(locations: released))))
@@ -1283,11 +1293,11 @@ public final class MirrorNode {
         for ino in bits.inodeNumbers { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
         // Releases that may have died with the last connection, for locations still released (no token, nothing
         // unsynced, no mark of ours on the way): the peer's MOOS there is stale, and it clears only MOOS it can.
-        let resend = releaseResend.filter {
+        let resend = Set(releaseResend).filter {
             bits.token($0) == .none && !bits.oos($0) && markOf.at($0) == nil && landing.at($0) == nil
         }.sorted()
         releaseResend = []
-        releasedOnConnection = Set(resend)
+        releasedOnConnection = resend
         let chunk = max(1, config.maxMarkItems)
         for start in stride(from: 0, to: resend.count, by: chunk) {
             out.append(.send(.release(Release(locations: Array(resend[start..<min(start + chunk, resend.count)])))))
@@ -1297,7 +1307,7 @@ public final class MirrorNode {
     func connectionDown() {
         connected = false
         if releaseResend.count + releasedOnConnection.count <= maxTrackedReleases {
-            releaseResend.formUnion(releasedOnConnection)
+            releaseResend.append(contentsOf: releasedOnConnection)
         }
         releasedOnConnection = []
         peerHello = nil
@@ -1317,7 +1327,10 @@ public final class MirrorNode {
         if let n = nextWake, n <= now { nextWake = nil }
         let deadline = config.peerTimeoutTicks
         let expired = ops.values.filter { $0.phase != .granted && now &- $0.startTick >= deadline }.map(\.id)
-        for id in expired.sorted(by: { $0.raw < $1.raw }) { fail(id, .peerTimeout) }
+        // Failing one operation releases its locks, which may grant another expired one: that one is served now.
+        for id in expired.sorted(by: { $0.raw < $1.raw }) where ops[id].map({ $0.phase != .granted }) ?? false {
+            fail(id, .peerTimeout)
+        }
         for (id, f) in flushes where now &- f.start >= deadline {
             flushes[id] = nil
             for l in f.need { decNeed(l) }

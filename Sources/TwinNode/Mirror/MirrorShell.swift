@@ -41,7 +41,6 @@ public struct MirrorShellStatus: Sendable {
 public final class MirrorShell: @unchecked Sendable {
     public let volume: Volume
     let core: MirrorNode
-    let recovered: RecoveredState
     /// Sends a message on the current connection; false if it could not be queued (the caller then drops the
     /// connection so the core's re-send after the next handshake covers it).
     private let send: @Sendable (Message, UInt64) -> Bool
@@ -93,7 +92,6 @@ public final class MirrorShell: @unchecked Sendable {
                 recovered: RecoveredState, send: @escaping @Sendable (Message, UInt64) -> Bool) {
         self.volume = volume
         self.core = MirrorNode(config: config, prediction: prediction, recovered: recovered)
-        self.recovered = recovered
         self.send = send
         self.startNs = Self.monotonicNs()
         self.snapshot = MirrorShellStatus(
@@ -224,12 +222,6 @@ public final class MirrorShell: @unchecked Sendable {
         return snapshot
     }
 
-    public func state(of location: Location) -> LocationState {
-        condition.lock()
-        defer { condition.unlock() }
-        return core.state(of: location)
-    }
-
     // MARK: the executor
 
     private func run() {
@@ -254,8 +246,8 @@ public final class MirrorShell: @unchecked Sendable {
                 wakeAtMs = .max
                 pending.append(.tick(now))
             }
-            // The core is stepped with the condition held: FUSE threads only append to the inbox under it,
-            // and `state(of:)` reads the core under it.
+            // The core is stepped with the condition held: FUSE threads append to the inbox and step their own
+            // requests under it.
             drain()
             condition.unlock()
             // Group commit: one metadata flush covers every persist and synced store write of this round.

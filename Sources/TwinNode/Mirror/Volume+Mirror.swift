@@ -47,8 +47,6 @@ extension Volume {
         }
     }
 
-    public var isMirrored: Bool { mirror != nil }
-
     /// Runs `body` holding the plan's locations (directly when there is no mirror).
     func guarded<T>(_ plan: () throws -> Plan, _ body: () throws -> T) throws -> T {
         guard let mirror else { return try body() }

@@ -523,6 +523,28 @@ public final class Store {
         return try s.step() ? UInt64(bitPattern: s.int(0)) : nil
     }
 
+    /// The oldest entry naming `ino` (a file with hard links has several: this is its first path), or nil.
+    public func firstEntry(naming ino: UInt64) throws -> (parent: UInt64, name: [UInt8])? {
+        let s = try database.statement("SELECT parent, name FROM dirents WHERE ino = ? ORDER BY id LIMIT 1").bind(.u64(ino))
+        return try s.step() ? (UInt64(bitPattern: s.int(0)), s.blob(1)) : nil
+    }
+
+    /// A path of `ino` from the root (its first name at each level), nil if it has none (unlinked, or a name
+    /// on the way is missing). Bounded by `maxPathDepth`.
+    public func path(of ino: UInt64) throws -> String? {
+        if ino == InodeRecord.rootIno { return "/" }
+        var names: [String] = []
+        var current = ino
+        while current != InodeRecord.rootIno {
+            guard names.count < Self.maxPathDepth, let entry = try firstEntry(naming: current) else { return nil }
+            names.append(String(decoding: entry.name, as: UTF8.self))
+            current = entry.parent
+        }
+        return "/" + names.reversed().joined(separator: "/")
+    }
+
+    public static let maxPathDepth = 4096
+
     // MARK: xattrs
 
     public func xattr(ino: UInt64, name: [UInt8]) throws -> [UInt8]? {

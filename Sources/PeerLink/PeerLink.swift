@@ -93,6 +93,12 @@ public struct LinkStatus: Sendable {
     public var rejections: Int
     public var messagesSent: Int
     public var messagesReceived: Int
+    /// Bytes written to and read from every connection since start (frames, handshakes and heartbeats included):
+    /// what the link really cost, e.g. for a resync after a partition.
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    /// Why the last dial of the peer failed (TCP level: refused, unreachable, timed out); nil once connected.
+    public var lastDialError: String?
 }
 
 /// Capped exponential backoff with ±20% jitter from injected random bytes.
@@ -357,8 +363,9 @@ public final class PeerLink: @unchecked Sendable {
                     }
                 }
                 .connect(host: host, port: self.peerPort)
-                .whenFailure { _ in
+                .whenFailure { error in
                     // The handler (if one was made) reports its own close; a refused TCP connect just retries.
+                    self.lock.lock(); self.statusValue.lastDialError = "\(host):\(self.peerPort): \(error)"; self.lock.unlock()
                     self.dialInProgress = false; self.dialHandler = nil
                     self.scheduleDial()
                 }
@@ -399,7 +406,7 @@ public final class PeerLink: @unchecked Sendable {
         statusValue.connected = o != nil
         statusValue.peer = info
         if let o {
-            statusValue.epoch = o.epoch; statusValue.connections += 1
+            statusValue.epoch = o.epoch; statusValue.connections += 1; statusValue.lastDialError = nil
             statusValue.connectedSinceUptimeNs = DispatchTime.now().uptimeNanoseconds
         } else {
             statusValue.connectedSinceUptimeNs = nil
@@ -410,6 +417,12 @@ public final class PeerLink: @unchecked Sendable {
         guard active === h else { return }
         lock.lock(); statusValue.messagesReceived += 1; lock.unlock()
         onEvent(.message(m))
+    }
+
+    func count(sent: Int = 0, received: Int = 0) {
+        lock.lock()
+        statusValue.bytesSent &+= UInt64(sent); statusValue.bytesReceived &+= UInt64(received)
+        lock.unlock()
     }
 
     func rtt(_ h: ConnectionHandler, _ us: UInt64) {
@@ -495,6 +508,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buf = unwrapInboundIn(data)
+        link.count(received: buf.readableBytes)
         if closing { return }   // after a refusal, input is drained and ignored until the peer closes
         buf.withUnsafeReadableBytes { machine.receive($0, nowUs: nowMicroseconds(), into: &out) }
         run()
@@ -505,6 +519,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         guard !closing, let bytes = machine.seal(item.type, item.payload) else {
             promise?.fail(ChannelError.ioOnClosedChannel); return
         }
+        link.count(sent: bytes.count)
         var b = context.channel.allocator.buffer(capacity: bytes.count)
         b.writeBytes(bytes)
         context.write(wrapOutboundOut(b), promise: promise)
@@ -555,6 +570,7 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let o = out[i]; i += 1
             switch o {
             case let .send(bytes):
+                link.count(sent: bytes.count)
                 var b = context.channel.allocator.buffer(capacity: bytes.count)
                 b.writeBytes(bytes)
                 context.write(wrapOutboundOut(b), promise: nil); wrote = true

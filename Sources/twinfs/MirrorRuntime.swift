@@ -257,7 +257,11 @@ final class MirrorRuntime: @unchecked Sendable {
         if let since = s.connectedSinceMs, linkStatus?.connected == true { peer["connectedForMs"] = s.uptimeMs - min(since, s.uptimeMs) }
         if let rejection { peer["lastRejection"] = rejection }
         if let disconnect { peer["lastDisconnect"] = disconnect }
-        let mirror: [String: Any] = [
+        peer.merge(PartitionStatusKeys.peer(
+            s, connected: linkStatus?.connected ?? false, bytesSent: linkStatus?.bytesSent ?? 0,
+            bytesReceived: linkStatus?.bytesReceived ?? 0, lastDialError: linkStatus?.lastDialError,
+            lastDisconnect: disconnect)) { $1 }
+        var mirror: [String: Any] = [
             "oos": s.core.oosCount, "moos": s.core.moosCount, "mos": s.core.mosCount,
             "oosBytesUpperBound": s.core.oosCount * trackBytes,
             "moosBytesUpperBound": s.core.moosCount * trackBytes,
@@ -280,6 +284,7 @@ final class MirrorRuntime: @unchecked Sendable {
             "errors": ["store": s.storeErrors, "droppedSends": s.droppedSends, "unstampedWrites": s.unstampedWrites] as [String: Any],
             "lastError": s.lastError ?? "",
         ]
+        mirror.merge(PartitionStatusKeys.mirror(s)) { $1 }
         var join: [String: Any] = ["active": s.core.joining]
         if let p = filler?.progress {
             join["directories"] = p.directories

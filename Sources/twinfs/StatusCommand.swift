@@ -67,17 +67,27 @@ private func printLive(_ live: [String: Any]) {
         let rtt = (peer["rttMs"] as? Double).map { String(format: "%.2f ms", $0) } ?? "-"
         print("peer:        \(n(peer, "name")) at \(n(peer, "address")), connected for \(n(peer, "connectedForMs")) ms, rtt \(rtt)")
     } else {
-        print("peer:        \(n(peer, "address")) NOT CONNECTED\(peer["lastRejection"].map { " (last refusal: \($0))" } ?? "")")
+        // A partition: how long, and why (the last failed dial or disconnect; refusals are a different problem).
+        let since = (peer["disconnectedForMs"] as? Int).map { String(format: " for %.1f s", Double($0) / 1000) } ?? ""
+        print("peer:        \(n(peer, "address")) NOT CONNECTED\(since)\(peer["lastError"].map { " (last error: \($0))" } ?? "")\(peer["lastRejection"].map { " (last refusal: \($0))" } ?? "")")
+    }
+    let blocked = mirror["blocked"] as? [String: Any] ?? [:]
+    if (blocked["operations"] as? Int ?? 0) > 0 || (blocked["flushes"] as? Int ?? 0) > 0 || peer["connected"] as? Bool != true {
+        print("blocked:     \(n(blocked, "operations")) operations waiting (oldest \(n(blocked, "oldestMs")) ms), \(n(blocked, "flushes")) fsyncs waiting (oldest \(n(blocked, "oldestFlushMs")) ms)")
     }
     print("out of sync: \(n(mirror, "oos")) locations (<= \(n(mirror, "oosBytesUpperBound")) bytes), oldest \(n(mirror, "oldestOOSAgeMs")) ms")
     print("maybe OOS:   \(n(mirror, "moos")) locations; held (MOS): \(n(mirror, "mos"))")
     print("operations:  \(n(counters, "operationsGranted")) granted, \(n(counters, "operationsWithRoundTrip")) waited on the peer, \(n(counters, "operationsFailed")) failed, \(n(mirror, "activeOperations")) active")
     print("messages:    marks \(n(counters, "marksSent")), pulls \(n(counters, "pullsSent")), pushes \(n(counters, "pushesSent")), releases \(n(counters, "releasesSent"))")
+    print("link bytes:  sent \(n(peer, "bytesSent")), received \(n(peer, "bytesReceived"))")
     print("rates (/s):  marks \(n(rates, "marks")), pulls \(n(rates, "pulls")), pushes \(n(rates, "pushes")), releases \(n(rates, "releases"))")
     if let join = live["joining"] as? [String: Any], join["active"] as? Bool == true {
         print("joining:     filling from the peer: \(n(join, "directories")) directories, \(n(join, "files")) files, \(n(join, "bytes")) bytes so far")
     }
     print("errors:      store \(n(errors, "store")), dropped sends \(n(errors, "droppedSends")), unstamped writes \(n(errors, "unstampedWrites"))")
+    if (mirror["stalledStoreActions"] as? Int ?? 0) > 0 {
+        print("stalled:     \(n(mirror, "stalledStoreActions")) store writes wait for the disk (retried; last error: \(n(mirror, "lastError")))")
+    }
 }
 
 /// The mirror state a stopped paired store will start from (the durable part of its bitmaps).

@@ -106,3 +106,31 @@ public enum ControlError: Error, CustomStringConvertible {
         }
     }
 }
+
+/// The status keys that show a partition and stalled store work (Docs/OPERATIONS.md "Partitions", "Disk full"),
+/// merged by the daemon into its `peer` and `mirror` objects. Stable names, like every status key.
+public enum PartitionStatusKeys {
+    /// `peer.disconnectedForMs` (only while disconnected), `peer.bytesSent`/`bytesReceived` (the link's real bytes
+    /// since start), `peer.lastError` (why the link is down: the last failed dial, else the last disconnect).
+    public static func peer(_ s: MirrorShellStatus, connected: Bool, bytesSent: UInt64, bytesReceived: UInt64,
+                            lastDialError: String?, lastDisconnect: String?) -> [String: Any] {
+        var out: [String: Any] = ["bytesSent": Int(bytesSent), "bytesReceived": Int(bytesReceived)]
+        if !connected {
+            out["disconnectedForMs"] = Int(s.uptimeMs - min(s.disconnectedSinceMs ?? s.uptimeMs, s.uptimeMs))
+            if let error = lastDialError ?? lastDisconnect { out["lastError"] = error }
+        }
+        return out
+    }
+
+    /// `mirror.blocked.{operations,oldestMs,flushes,oldestFlushMs}` (what waits on the core: during a partition,
+    /// on the peer), `mirror.stalledStoreActions` and `mirror.storeRetries` (store writes waiting for disk space).
+    public static func mirror(_ s: MirrorShellStatus) -> [String: Any] {
+        [
+            "blocked": [
+                "operations": s.blockedOperations, "oldestMs": Int(s.oldestBlockedOperationMs),
+                "flushes": s.blockedFlushes, "oldestFlushMs": Int(s.oldestBlockedFlushMs),
+            ] as [String: Any],
+            "stalledStoreActions": s.stalledStoreActions, "storeRetries": s.storeRetries,
+        ]
+    }
+}

@@ -17,6 +17,9 @@ enum GrantResult {
 
 final class Waiter: @unchecked Sendable {
     let semaphore = DispatchSemaphore(value: 0)
+    /// When the FUSE thread started waiting (shell milliseconds): the age of blocked operations in status.
+    let sinceMs: UInt64
+    init(sinceMs: UInt64) { self.sinceMs = sinceMs }
     var grant: GrantResult?
     var flushError: OperationError??
 }
@@ -36,6 +39,17 @@ public struct MirrorShellStatus: Sendable {
     public var lastError: String?
     /// Per-second rates over the last complete window of `rateWindowMs`: marks, pulls, pushes, releases.
     public var rates: [String: Double]
+    /// Since when (shell milliseconds) the core has had no connection; nil while connected.
+    public var disconnectedSinceMs: UInt64? = 0
+    /// Operations (and fsync=mirror flushes) whose FUSE thread waits on the core, and the age of the oldest. During
+    /// a partition these are the ones waiting for the peer (they fail with EIO at `peerTimeoutMs`).
+    public var blockedOperations = 0
+    public var oldestBlockedOperationMs: UInt64 = 0
+    public var blockedFlushes = 0
+    public var oldestBlockedFlushMs: UInt64 = 0
+    /// Store actions that failed (a full disk) and wait to be retried, and how many retries were made.
+    public var stalledStoreActions = 0
+    public var storeRetries = 0
 }
 
 public final class MirrorShell: @unchecked Sendable {
@@ -84,6 +98,19 @@ public final class MirrorShell: @unchecked Sendable {
     private var bytesPushed: UInt64 = 0
     private var bytesReceived: UInt64 = 0
     private var lastError: String?
+    private var disconnectedSinceMs: UInt64? = 0
+
+    /// Store actions that failed (ENOSPC, EIO) and are retried every `storeRetryMs`, in order. The core cannot be told
+    /// "failed" (it would have to give the location up), and dropping the action wedged the location for good: its
+    /// completion never came, so the peer's push was never acknowledged and a later persist's completion claimed
+    /// this one's rows durable. A stalled store action is a slow disk to the core, which it tolerates.
+    private var stalled: [Action] = []
+    /// Locations with a stalled write: a later read or write of one waits behind it (same-location order).
+    private var stalledLocations: Set<Location> = []
+    private var stalledPersist = false
+    private var nextStoreRetryMs: UInt64 = 0
+    private var storeRetries = 0
+    public static let storeRetryMs: UInt64 = 250
 
     /// Ticks are milliseconds.
     public static let tickMs: UInt64 = 20
@@ -135,8 +162,12 @@ public final class MirrorShell: @unchecked Sendable {
     public func post(_ event: Event) {
         condition.lock()
         switch event {
-        case .connectionUp: connectedSinceMs = nowMs
-        case .connectionDown: connectedSinceMs = nil
+        case .connectionUp:
+            connectedSinceMs = nowMs
+            disconnectedSinceMs = nil
+        case .connectionDown:
+            connectedSinceMs = nil
+            disconnectedSinceMs = disconnectedSinceMs ?? nowMs
         default: break
         }
         inbox.append(event)
@@ -148,7 +179,7 @@ public final class MirrorShell: @unchecked Sendable {
 
     /// Waits until the core grants `items`; returns the operation's id and the versions to stamp.
     func acquire(_ items: [AccessItem], hint: PredictionHint) throws -> (OperationID, [Stamp]) {
-        let waiter = Waiter()
+        let waiter = Waiter(sinceMs: nowMs)
         condition.lock()
         if stopping {
             condition.unlock()
@@ -185,7 +216,7 @@ public final class MirrorShell: @unchecked Sendable {
 
     /// Waits until the peer durably holds every version written so far to `locations` (fsync=mirror).
     func flush(_ locations: [Location]) throws {
-        let waiter = Waiter()
+        let waiter = Waiter(sinceMs: nowMs)
         condition.lock()
         if stopping {
             condition.unlock()
@@ -245,6 +276,15 @@ public final class MirrorShell: @unchecked Sendable {
                 lastTickMs = now
                 wakeAtMs = .max
                 pending.append(.tick(now))
+            }
+            if !stalled.isEmpty && now >= nextStoreRetryMs {
+                // Older than anything queued since: retried first, and re-stalled in order if they fail again.
+                nextStoreRetryMs = now + Self.storeRetryMs
+                queued.insert(contentsOf: stalled, at: 0)
+                storeRetries += stalled.count
+                stalled.removeAll()
+                stalledLocations.removeAll()
+                stalledPersist = false
             }
             // The core is stepped with the condition held: FUSE threads append to the inbox and step their own
             // requests under it.
@@ -314,17 +354,23 @@ public final class MirrorShell: @unchecked Sendable {
         case .send(let message):
             if case .push(let p) = message { bytesPushed += UInt64(p.payload.bytes.count) }
             if !send(message, coreEpoch) { droppedSends += 1 }
+        case .storeRead(_, let location) where stalledLocations.contains(location):
+            stalled.append(action)
+        case .storeWrite(_, let location, _, _, _, _) where stalledLocations.contains(location):
+            stalled.append(action)
+        case .persist where stalledPersist:
+            stalled.append(action)
         case .storeRead(let token, let location):
             do {
                 let image = try volume.mirrorRead(location)
                 pending.append(.storeReadDone(token, Payload(image.bytes), Self.version(image.version)))
+                succeeded(token)
             } catch {
                 // The core needs an answer; the store cannot give one. Report it and let the location wait: the
                 // core times the peer's operation out rather than ship something wrong.
-                note("store read of \(location) failed: \(error)")
+                stall(action, location, "store read of \(location) failed: \(error)")
             }
         case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
-            bytesReceived += UInt64(payload.bytes.count)
             do {
                 let stored = try volume.mirrorApply(location, LocationImage(version: Self.storeVersion(version), bytes: payload.bytes), force: !onlyIfNewer)
                 invalidate?(location.ino)
@@ -334,8 +380,10 @@ public final class MirrorShell: @unchecked Sendable {
                 } else {
                     pending.append(.storeWriteDone(token, stored: Self.version(stored)))
                 }
+                bytesReceived += UInt64(payload.bytes.count)
+                succeeded(token)
             } catch {
-                note("store write of \(location) failed: \(error)")
+                stall(action, location, "store write of \(location) failed: \(error)")
             }
         case .persist(let token, let batch):
             do {
@@ -346,8 +394,9 @@ public final class MirrorShell: @unchecked Sendable {
                     clockReservation: batch.clockReservation, joinCompleted: batch.joinCompleted)
                 persistBatches += 1
                 if persistToken.map({ $0 < token }) ?? true { persistToken = token }
+                succeeded(token)
             } catch {
-                note("persisting mirror state failed: \(error)")
+                stall(action, nil, "persisting mirror state failed: \(error)")
             }
         case .invalidateCaches(let location):
             invalidate?(location.ino)
@@ -376,6 +425,27 @@ public final class MirrorShell: @unchecked Sendable {
         }
     }
 
+    /// Keeps a failed store action for a retry; only its first failure is an error (retries are counted).
+    private func stall(_ action: Action, _ location: Location?, _ message: String) {
+        if let location { stalledLocations.insert(location) } else { stalledPersist = true }
+        if stalled.isEmpty { nextStoreRetryMs = nowMs + Self.storeRetryMs }
+        stalled.append(action)
+        if let t = Self.storeToken(action), failedBefore.insert(t).inserted { note(message + " (retried every \(Self.storeRetryMs) ms)") }
+    }
+    /// Tokens of store actions that failed at least once and have not succeeded since (bounded by `stalled`).
+    private var failedBefore: Set<CompletionToken> = []
+
+    private func succeeded(_ token: CompletionToken) {
+        if !failedBefore.isEmpty, failedBefore.remove(token) != nil { log?("store action \(token) succeeded after a retry") }
+    }
+
+    private static func storeToken(_ action: Action) -> CompletionToken? {
+        switch action {
+        case .storeRead(let t, _), .storeWrite(let t, _, _, _, _, _), .persist(let t, _): return t
+        default: return nil
+        }
+    }
+
     private func note(_ message: String) {
         storeErrors += 1
         lastError = message
@@ -386,11 +456,20 @@ public final class MirrorShell: @unchecked Sendable {
         condition.lock()
         let core = self.core.status
         let since = connectedSinceMs
+        let disconnectedSince = disconnectedSinceMs
+        let now = nowMs
+        let oldestOperation = waiters.values.lazy.map(\.sinceMs).min()
+        let oldestFlush = flushWaiters.values.lazy.map(\.sinceMs).min()
+        let blocked = (waiters.count, flushWaiters.count)
         condition.unlock()
         let s = MirrorShellStatus(
             core: core, uptimeMs: nowMs, connectedSinceMs: since, droppedSends: droppedSends, storeErrors: storeErrors,
             unstampedWrites: volume.store.unstampedWrites, persistBatches: persistBatches, metadataSyncs: metadataSyncs,
-            bytesPushed: bytesPushed, bytesReceived: bytesReceived, lastError: lastError, rates: rates(core.counters))
+            bytesPushed: bytesPushed, bytesReceived: bytesReceived, lastError: lastError, rates: rates(core.counters),
+            disconnectedSinceMs: disconnectedSince, blockedOperations: blocked.0,
+            oldestBlockedOperationMs: oldestOperation.map { now - min($0, now) } ?? 0, blockedFlushes: blocked.1,
+            oldestBlockedFlushMs: oldestFlush.map { now - min($0, now) } ?? 0, stalledStoreActions: stalled.count,
+            storeRetries: storeRetries)
         statusLock.lock()
         snapshot = s
         statusLock.unlock()

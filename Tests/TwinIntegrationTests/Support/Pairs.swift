@@ -34,6 +34,11 @@ final class ProxyProcess {
         let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
         guard line.hasPrefix("twinfs-proxy: ready") else { throw MountError(description: "proxy did not start: \(line)") }
     }
+    /// SIGUSR1: every connection through the proxy is closed and new ones are refused (a partition).
+    func cut() { kill(process.processIdentifier, SIGUSR1) }
+    /// SIGUSR2: the link carries connections again.
+    func heal() { kill(process.processIdentifier, SIGUSR2) }
+
     func stop() {
         if process.isRunning {
             process.terminate()
@@ -127,6 +132,36 @@ class PairTestCase: MountingTestCase {
             ((try status(m)["peer"] as? [String: Any])?["connected"] as? Bool) == true
         }
     }
+
+    /// Partitions the pair (both directions: each node dials its peer through its own proxy; needs `delayMs`) and
+    /// waits until both daemons see the link down.
+    func cutLink(_ p: Pair) throws {
+        precondition(!proxies.isEmpty, "cutLink needs a pair started with delayMs (a proxy in each direction)")
+        for proxy in proxies { proxy.cut() }
+        for m in [p.a, p.b] {
+            try waitUntil("\(m.store) sees the link down") {
+                ((try status(m)["peer"] as? [String: Any])?["connected"] as? Bool) == false
+            }
+        }
+    }
+
+    /// Lets connections through the proxies again without waiting for the nodes to connect (a pair that refuses
+    /// itself, e.g. a split brain, never does).
+    func healProxies() {
+        for proxy in proxies { proxy.heal() }
+    }
+
+    /// Heals the partition and waits until both nodes are connected again.
+    func healLink(_ p: Pair) throws {
+        for proxy in proxies { proxy.heal() }
+        try waitConnected(p.a)
+        try waitConnected(p.b)
+    }
+
+    func peer(_ m: TwinMount) throws -> [String: Any] { try status(m)["peer"] as? [String: Any] ?? [:] }
+
+    /// Bytes this node's link has written to the peer since the daemon started (frames, handshakes, heartbeats).
+    func linkBytesSent(_ m: TwinMount) throws -> Int { try peer(m)["bytesSent"] as? Int ?? -1 }
 
     /// Both nodes have nothing left to copy (OOS empty on both): the background copy has drained.
     func waitDrained(_ p: Pair, timeoutSeconds: Double = 60) throws {

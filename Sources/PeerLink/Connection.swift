@@ -61,6 +61,8 @@ public struct SessionInfo: Hashable, Sendable {
     public var peerName: String
     /// Which node dialed this connection (decides which of two simultaneous connections survives).
     public var dialer: NodeID
+    /// What the peer claims about operator promotions (authenticated with the rest of its hello).
+    public var peerPromotion: PromotionClaim = .none
 }
 
 public struct ConnectionMachine {
@@ -106,13 +108,14 @@ public struct ConnectionMachine {
 
     /// `nonce`: 32 fresh random bytes; `epochProposal`: this process's next epoch; `nowUs`: a monotonic clock.
     public init(identity: LinkIdentity, role: ConnectionRole, nonce: [UInt8], epochProposal: UInt64,
-                limits: ConnectionLimits = ConnectionLimits(), nowUs: UInt64,
+                promotion: PromotionClaim = .none, limits: ConnectionLimits = ConnectionLimits(), nowUs: UInt64,
                 versions: ClosedRange<UInt16> = WireVersion.oldestSupported...WireVersion.current) {
         precondition(nonce.count == LinkHello.nonceBytes, "a nonce is \(LinkHello.nonceBytes) bytes")
         precondition(identity.problems().isEmpty, "unusable identity: \(identity.problems())")
         self.identity = identity; self.role = role; self.limits = limits
         hello = LinkHello(minVersion: versions.lowerBound, maxVersion: versions.upperBound, volumeID: identity.volumeID,
-                          node: identity.node, nodeName: identity.nodeName, nonce: nonce, epochProposal: epochProposal)
+                          node: identity.node, nodeName: identity.nodeName, nonce: nonce, epochProposal: epochProposal,
+                          promotion: promotion)
         assembler = FrameAssembler(maxFrameBytes: FrameLimits.handshakeMaxFrameBytes)
         startUs = nowUs; lastReceiveUs = nowUs
     }
@@ -303,7 +306,7 @@ public struct ConnectionMachine {
         if n != 0 { throw .trailingBytes(n) }
         let dialer = role == .dialer ? identity.node : c.peer.node
         let info = SessionInfo(version: c.version, epoch: max(hello.epochProposal, c.peer.epochProposal), role: role,
-                               peerNode: c.peer.node, peerName: c.peer.nodeName, dialer: dialer)
+                               peerNode: c.peer.node, peerName: c.peer.nodeName, dialer: dialer, peerPromotion: c.peer.promotion)
         phase = .open(Open(info: info, sealer: sealer, opener: opener, lastPingUs: nowUs))
         out.append(.established(info))
     }

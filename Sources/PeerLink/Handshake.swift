@@ -37,6 +37,20 @@ public struct LinkIdentity: Sendable {
     }
 }
 
+/// What a node says about operator promotions (Docs/OPERATIONS.md "Losing a node"): how often it was promoted,
+/// and the peer's count when the two last agreed. Both sides judge the pair from the two claims before any
+/// mirror message moves (`PromotionRule` in TwinNode); covered by the handshake proofs.
+public struct PromotionClaim: Hashable, Sendable {
+    public var promotion: UInt64
+    public var peerPromotionSeen: UInt64
+    /// Promoted and serving every location alone (not yet reconnected to a peer that gave way).
+    public var sole: Bool
+    public init(promotion: UInt64, peerPromotionSeen: UInt64, sole: Bool = false) {
+        self.promotion = promotion; self.peerPromotionSeen = peerPromotionSeen; self.sole = sole
+    }
+    public static let none = PromotionClaim(promotion: 0, peerPromotionSeen: 0)
+}
+
 /// The first frame on a connection, both directions, before anything is trusted.
 public struct LinkHello: Hashable, Sendable {
     public static let magic: UInt32 = 0x5457_4C4B   // "TWLK"
@@ -49,11 +63,19 @@ public struct LinkHello: Hashable, Sendable {
     public var nonce: [UInt8]
     /// The sender's next connection epoch; the connection's epoch is the larger of the two proposals.
     public var epochProposal: UInt64
+    public var promotion: PromotionClaim
+
+    public init(minVersion: UInt16, maxVersion: UInt16, volumeID: String, node: NodeID, nodeName: String, nonce: [UInt8],
+                epochProposal: UInt64, promotion: PromotionClaim = .none) {
+        self.minVersion = minVersion; self.maxVersion = maxVersion; self.volumeID = volumeID; self.node = node
+        self.nodeName = nodeName; self.nonce = nonce; self.epochProposal = epochProposal; self.promotion = promotion
+    }
 
     public func encode() -> [UInt8] {
-        var w = ByteWriter(capacity: 96)
+        var w = ByteWriter(capacity: 112)
         w.u32(Self.magic); w.u16(minVersion); w.u16(maxVersion); w.string(volumeID); w.u8(node.raw)
         w.string(nodeName); w.raw(nonce); w.u64(epochProposal)
+        w.u64(promotion.promotion); w.u64(promotion.peerPromotionSeen); w.u8(promotion.sole ? 1 : 0)
         return w.bytes
     }
 
@@ -65,7 +87,10 @@ public struct LinkHello: Hashable, Sendable {
                           volumeID: try r.string("hello.volumeID", maxBytes: LinkIdentity.maxVolumeIDBytes),
                           node: NodeID(try r.u8("hello.node")),
                           nodeName: try r.string("hello.nodeName", maxBytes: LinkIdentity.maxNodeNameBytes),
-                          nonce: try r.raw(nonceBytes, "hello.nonce"), epochProposal: try r.u64("hello.epoch"))
+                          nonce: try r.raw(nonceBytes, "hello.nonce"), epochProposal: try r.u64("hello.epoch"),
+                          promotion: PromotionClaim(promotion: try r.u64("hello.promotion"),
+                                                    peerPromotionSeen: try r.u64("hello.peerPromotionSeen"),
+                                                    sole: try r.u8("hello.sole") != 0))
         try r.expectEnd()
         return h
     }
@@ -121,7 +146,9 @@ struct HandshakeCrypto {
         var w = ByteWriter(capacity: 160)
         w.string("twinfs-link proof: prover to verifier"); w.u16(version); w.string(prover.volumeID)
         w.u8(prover.node.raw); w.string(prover.nodeName); w.raw(prover.nonce); w.u64(prover.epochProposal)
+        w.u64(prover.promotion.promotion); w.u64(prover.promotion.peerPromotionSeen); w.u8(prover.promotion.sole ? 1 : 0)
         w.u8(verifier.node.raw); w.string(verifier.nodeName); w.raw(verifier.nonce); w.u64(verifier.epochProposal)
+        w.u64(verifier.promotion.promotion); w.u64(verifier.promotion.peerPromotionSeen); w.u8(verifier.promotion.sole ? 1 : 0)
         return Array(HMAC<SHA256>.authenticationCode(for: w.bytes, using: key))
     }
 

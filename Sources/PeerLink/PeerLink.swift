@@ -27,6 +27,8 @@ public struct PeerLinkConfig: Sendable {
     public var lingerMs: UInt64 = 1_000
     /// Random bytes for nonces and backoff jitter (injectable for tests).
     public var randomBytes: @Sendable (Int) -> [UInt8] = { n in (0..<n).map { _ in UInt8.random(in: 0...255) } }
+    /// This node's promotion claim, read at every handshake (it changes when an operator promotes or a node demotes).
+    public var promotionClaim: @Sendable () -> PromotionClaim = { .none }
 
     public init(identity: LinkIdentity, listenHost: String? = "127.0.0.1", listenPort: Int = 0,
                 peerHost: String? = nil, peerPort: Int = 0) {
@@ -336,7 +338,7 @@ public final class PeerLink: @unchecked Sendable {
         let epochProposal = lastEpoch + 1
         let nonce = config.randomBytes(LinkHello.nonceBytes)
         let machine = ConnectionMachine(identity: config.identity, role: role, nonce: nonce, epochProposal: epochProposal,
-                                        limits: config.limits, nowUs: nowMicroseconds())
+                                        promotion: config.promotionClaim(), limits: config.limits, nowUs: nowMicroseconds())
         let h = ConnectionHandler(link: self, machine: machine)
         handlers[ObjectIdentifier(h)] = h
         return h

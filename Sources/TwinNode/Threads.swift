@@ -4,7 +4,7 @@ import Foundation
 import Glibc
 
 /// Runs `body` on a new detached thread.
-func spawnDetachedThread(_ body: @escaping () -> Void) {
+public func spawnDetachedThread(_ body: @escaping () -> Void) {
     final class Box {
         let body: () -> Void
         init(_ body: @escaping () -> Void) { self.body = body }

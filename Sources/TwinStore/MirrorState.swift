@@ -26,6 +26,123 @@ extension Store {
         // A paired store starts out joining (it may be empty while its peer is not); the first mount records it.
         let joining = identity.pairing != nil ? 1 : 0
         try database.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('mirror_joining', \(joining))")
+        try database.execute(
+            "INSERT OR IGNORE INTO counters(name, value) VALUES " + Self.promotionCounters.map { "('\($0)', 0)" }.joined(separator: ", "))
+    }
+
+    // MARK: promotion (Docs/OPERATIONS.md "Losing a node")
+
+    /// What this store knows about operator promotions of the pair.
+    public struct PromotionRecord: Equatable, Sendable {
+        /// How many times an operator promoted this node.
+        public var promotion: UInt64
+        /// The peer's promotion count when the two last agreed (a connection went ahead, or this node demoted).
+        public var peerPromotionSeen: UInt64
+        /// Promoted and not yet reconnected to a peer that gave way: every location is served locally.
+        public var sole: Bool
+        /// Demoted and rejoining: the local copy of what the peer has not sent yet is not trusted.
+        public var adopting: Bool
+        /// The peer's claim (promotion, seen) at the last split-brain refusal, for `twinfs resolve`; nil if none.
+        public var splitBrainPeer: SplitBrainClaim?
+        public init(promotion: UInt64, peerPromotionSeen: UInt64, sole: Bool, adopting: Bool, splitBrainPeer: SplitBrainClaim?) {
+            self.promotion = promotion; self.peerPromotionSeen = peerPromotionSeen; self.sole = sole
+            self.adopting = adopting; self.splitBrainPeer = splitBrainPeer
+        }
+    }
+
+    public struct SplitBrainClaim: Equatable, Sendable {
+        public var promotion: UInt64
+        public var peerPromotionSeen: UInt64
+        public init(promotion: UInt64, peerPromotionSeen: UInt64) { self.promotion = promotion; self.peerPromotionSeen = peerPromotionSeen }
+    }
+
+    static let promotionCounters = [
+        "mirror_promotion", "mirror_peer_promotion_seen", "mirror_sole", "mirror_adopting", "mirror_split_brain",
+        "mirror_split_promotion", "mirror_split_seen",
+    ]
+
+    private func counter(_ name: String) throws -> UInt64 {
+        let s = try database.statement("SELECT value FROM counters WHERE name = ?").bind(.text(name))
+        guard try s.step() else { throw StoreError.corrupt(path: root, detail: "counter \(name) missing") }
+        return UInt64(bitPattern: s.int(0))
+    }
+
+    private func setCounter(_ name: String, _ value: UInt64) throws {
+        try database.statement("UPDATE counters SET value = ? WHERE name = ?").bind(.u64(value), .text(name)).run()
+    }
+
+    public func promotionRecord() throws -> PromotionRecord {
+        defer { database.releaseStatements() }
+        let split = try counter("mirror_split_brain") != 0
+        return PromotionRecord(
+            promotion: try counter("mirror_promotion"), peerPromotionSeen: try counter("mirror_peer_promotion_seen"),
+            sole: try counter("mirror_sole") != 0, adopting: try counter("mirror_adopting") != 0,
+            splitBrainPeer: split
+                ? SplitBrainClaim(promotion: try counter("mirror_split_promotion"), peerPromotionSeen: try counter("mirror_split_seen"))
+                : nil)
+    }
+
+    /// The operator promoted this node: one more promotion, and sole until a peer gives way. Durable on return.
+    public func recordPromotion() throws -> PromotionRecord {
+        try database.transaction {
+            try setCounter("mirror_promotion", try counter("mirror_promotion") + 1)
+            try setCounter("mirror_sole", 1)
+            try setCounter("mirror_split_brain", 0)
+        }
+        try syncMetadata()
+        return try promotionRecord()
+    }
+
+    /// This node gives way to a promoted peer: forgets every persisted location state (its copy is no longer
+    /// trusted), rejoins (adopting the peer's copy), and records the peer's promotion as seen. Durable on return.
+    /// The caller has preserved what this node had not replicated before calling.
+    public func recordDemotion(peerPromotion: UInt64) throws {
+        try database.transaction {
+            try database.statement("DELETE FROM mirror_state").run()
+            try database.statement("UPDATE counters SET value = 1 WHERE name = 'mirror_joining'").run()
+            try setCounter("mirror_adopting", 1)
+            try setCounter("mirror_sole", 0)
+            try setCounter("mirror_split_brain", 0)
+            try setCounter("mirror_peer_promotion_seen", peerPromotion)
+        }
+        try syncMetadata()
+    }
+
+    /// A connection went ahead: the peer's promotion count is the one this node agrees with now.
+    public func recordPeerPromotionSeen(_ peerPromotion: UInt64) throws {
+        try database.transaction {
+            try setCounter("mirror_peer_promotion_seen", peerPromotion)
+            try setCounter("mirror_split_brain", 0)
+        }
+    }
+
+    /// Both nodes were promoted since they last agreed: remembers the peer's claim so `twinfs resolve` can settle.
+    public func recordSplitBrain(peer: SplitBrainClaim) throws {
+        try database.transaction {
+            try setCounter("mirror_split_brain", 1)
+            try setCounter("mirror_split_promotion", peer.promotion)
+            try setCounter("mirror_split_seen", peer.peerPromotionSeen)
+        }
+        try syncMetadata()
+    }
+
+    /// `twinfs resolve --keep`: `keepThisNode` counts the peer's promotion as seen (the peer gives way at the
+    /// next connection); otherwise this node's own promotion is taken back to what the peer saw (this node gives
+    /// way). Needs a recorded split brain.
+    public func resolveSplitBrain(keepThisNode: Bool) throws {
+        guard let peer = try promotionRecord().splitBrainPeer else {
+            throw StoreError.invalidArgument("no split brain is recorded in this store (the nodes have not refused each other)")
+        }
+        try database.transaction {
+            if keepThisNode {
+                try setCounter("mirror_peer_promotion_seen", peer.promotion)
+            } else {
+                try setCounter("mirror_promotion", peer.peerPromotionSeen)
+                try setCounter("mirror_sole", 0)
+            }
+            try setCounter("mirror_split_brain", 0)
+        }
+        try syncMetadata()
     }
 
     /// Everything the mirror persisted, for a restart.
@@ -63,7 +180,7 @@ extension Store {
 
     /// Writes a batch of states (state 0 deletes the row) and possibly a clock reservation, in the caller's
     /// transaction. Durable after the next `syncMetadata`.
-    public func writeMirrorState(_ rows: [MirrorStateRow], clockReservation: UInt64?, joinCompleted: Bool = false) throws {
+    public func writeMirrorState(_ rows: [MirrorStateRow], clockReservation: UInt64?, joinCompleted: Bool = false, sole: Bool? = nil) throws {
         let upsert = try database.statement("INSERT OR REPLACE INTO mirror_state(ino, slot, state) VALUES (?,?,?)")
         let delete = try database.statement("DELETE FROM mirror_state WHERE ino = ? AND slot = ?")
         for r in rows {
@@ -77,7 +194,11 @@ extension Store {
             try database.statement("UPDATE counters SET value = ? WHERE name = 'mirror_clock'").bind(.u64(clockReservation)).run()
         }
         if joinCompleted {
-            try database.statement("UPDATE counters SET value = 0 WHERE name = 'mirror_joining'").run()
+            try database.statement(
+                "UPDATE counters SET value = 0 WHERE name IN ('mirror_joining', 'mirror_adopting')").run()
+        }
+        if let sole {
+            try setCounter("mirror_sole", sole ? 1 : 0)
         }
     }
 

@@ -14,10 +14,12 @@ struct Pair {
     var toA: [[UInt8]] = [], toB: [[UInt8]] = []
 
     init(_ ia: LinkIdentity, _ ib: LinkIdentity, versionsA: ClosedRange<UInt16> = 1...1, versionsB: ClosedRange<UInt16> = 1...1,
-         seed: UInt64 = 1) {
+         seed: UInt64 = 1, claimA: PromotionClaim = .none, claimB: PromotionClaim = .none) {
         var r = SeededRandom(seed: seed)
-        a = ConnectionMachine(identity: ia, role: .dialer, nonce: r.bytes(32), epochProposal: 3, nowUs: nowUs, versions: versionsA)
-        b = ConnectionMachine(identity: ib, role: .listener, nonce: r.bytes(32), epochProposal: 7, nowUs: nowUs, versions: versionsB)
+        a = ConnectionMachine(identity: ia, role: .dialer, nonce: r.bytes(32), epochProposal: 3, promotion: claimA, nowUs: nowUs,
+                              versions: versionsA)
+        b = ConnectionMachine(identity: ib, role: .listener, nonce: r.bytes(32), epochProposal: 7, promotion: claimB, nowUs: nowUs,
+                              versions: versionsB)
         var oa: [ConnectionMachine.Output] = [], ob: [ConnectionMachine.Output] = []
         a.start(into: &oa); b.start(into: &ob)
         absorb(oa, fromA: true); absorb(ob, fromA: false)
@@ -80,6 +82,25 @@ final class ConnectionMachineTests: XCTestCase {
         p.pump()
         XCTAssertEqual(delivered(p.eventsB), Gen.oneOfEach(seed: 3))
         XCTAssertNil(refusal(p.eventsA)); XCTAssertNil(refusal(p.eventsB))
+    }
+
+    func testEachSideLearnsThePeersPromotionClaim() {
+        let claimA = PromotionClaim(promotion: 2, peerPromotionSeen: 1, sole: true)
+        let claimB = PromotionClaim(promotion: 1, peerPromotionSeen: 0, sole: false)
+        var p = Pair(testIdentity(node: 1), testIdentity(node: 2), claimA: claimA, claimB: claimB)
+        p.pump()
+        XCTAssertEqual(established(p.eventsA)?.peerPromotion, claimB)
+        XCTAssertEqual(established(p.eventsB)?.peerPromotion, claimA)
+    }
+
+    func testAPromotionClaimChangedInTransitFailsAuthentication() {
+        // A man in the middle who flips "sole" off could make a promoted node look like one that gave way.
+        var p = Pair(testIdentity(node: 1), testIdentity(node: 2), claimA: PromotionClaim(promotion: 1, peerPromotionSeen: 0, sole: true))
+        XCTAssertEqual(p.toB.count, 1, "A's hello is in flight")
+        p.toB[0][p.toB[0].count - 1] ^= 1
+        p.pump()
+        XCTAssertNil(established(p.eventsA)); XCTAssertNil(established(p.eventsB))
+        XCTAssertEqual(refusal(p.eventsB)?.refusal?.code, .authenticationFailed)
     }
 
     func testWrongSecretIsRefusedOnBothSidesWithTheReason() {

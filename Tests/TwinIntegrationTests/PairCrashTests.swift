@@ -102,5 +102,98 @@ final class PairCrashTests: PairTestCase {
             if !r.ok { break }
         }
     }
-}
 
+    /// fsync=mirror writers on A: each writer rewrites fixed-size records in place and ledgers a version only after
+    /// fsync returned.
+    static let fsyncWorkload = #"""
+        import os, random, sys, threading, time
+        mnt, ledger_path, seconds, seed = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+        ledger = open(ledger_path, "a", buffering=1)
+        stop = time.monotonic() + seconds
+        lock = threading.Lock()
+        def writer(w):
+            rnd = random.Random(seed * 100 + w)
+            version = int(time.time() * 1000) * 1000
+            while time.monotonic() < stop:
+                version += 1
+                name = "synced/w%d-f%d" % (w, rnd.randrange(4))
+                record = ("%s %d\n" % (name, version)).encode().ljust(4096, b".")
+                try:
+                    fd = os.open(os.path.join(mnt, name), os.O_WRONLY)
+                    os.pwrite(fd, record * 3, 0)
+                    os.fsync(fd)
+                    os.close(fd)
+                except OSError:
+                    time.sleep(0.05); continue
+                with lock: ledger.write("%s %d\n" % (name, version))
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        """#
+
+    /// Every ledgered (fsync-returned) version is in the file, or a newer one.
+    static let fsyncCheck = #"""
+        import os, sys
+        root, ledger = sys.argv[1], sys.argv[2]
+        last = {}
+        for line in open(ledger):
+            name, version = line.split()
+            last[name] = max(last.get(name, 0), int(version))
+        bad = []
+        for name, version in sorted(last.items()):
+            data = open(os.path.join(root, name), "rb").read()
+            got = int(data.split(b"\n")[0].split()[1])
+            if got < version: bad.append("%s lost an fsync'ed write: has %d, fsync of %d had returned" % (name, got, version))
+        print("files %d problems %d" % (len(last), len(bad)))
+        for x in bad[:20]: print(x)
+        sys.exit(1 if bad else 0)
+        """#
+
+    func testFsyncedWritesSurviveTheCrashedNodesStoreBeingDestroyed() throws {
+        let seed = UInt64(ProcessInfo.processInfo.environment["TWINFS_CRASH_SEED"] ?? "") ?? UInt64(Date().timeIntervalSince1970)
+        print("PairCrashTests seed \(seed)")
+        var rng = SplitMix64(seed: seed)
+        let options = ["allow_other", "peer_timeout=3"]
+        // A slow link (30 ms each way): the background copy trails the writers, so only fsync=mirror puts the
+        // last writes on B before the kill (with fsync=local this test fails).
+        var p = try startPair(delayMs: 30, options: options + (ProcessInfo.processInfo.environment["TWINFS_CRASH_FSYNC_LOCAL"] == nil ? [] : ["fsync=local"]))
+        let ledger = path("ledger-synced")
+        shell(
+            """
+            set -e
+            mkdir \(quote(p.a.mountpoint))/synced
+            for w in 0 1; do for f in 0 1 2 3; do head -c 12288 /dev/zero > \(quote(p.a.mountpoint))/synced/w$w-f$f; done; done
+            sync \(quote(p.a.mountpoint))/synced/*
+            """)
+        let seconds = 2.0
+        let killAfter = 0.5 + Double(rng.next() % 1000) / 1000
+        let workload = DispatchGroup()
+        let argv = ["/usr/bin/python3", "-c", Self.fsyncWorkload, p.a.mountpoint, ledger, "\(seconds)", "\(seed)"]
+        DispatchQueue.global().async(group: workload) { Commands.run(argv, timeoutSeconds: 120) }
+        usleep(UInt32(killAfter * 1_000_000))
+        p.a.killHard()
+        _ = workload.wait(timeout: .now() + 150)
+        // A's disk is gone for good.
+        try FileManager.default.removeItem(atPath: p.storeA)
+        let synced = (try? String(contentsOfFile: ledger, encoding: .utf8))?.split(separator: "\n").count ?? 0
+        XCTAssertGreaterThan(synced, 0, "some fsyncs returned before the kill")
+
+        // The operator promotes B, which then has every write whose fsync had returned on A.
+        XCTAssertSucceeds(Commands.twinfs(["promote", p.b.mountpoint]))
+        XCTAssertSucceeds(Commands.python(Self.fsyncCheck, args: [p.b.mountpoint, ledger]), "seed \(seed)\n\(p.b.daemonLog())")
+
+        // A comes back as a brand-new store: it gives way to the promoted B (nothing to keep) and joins.
+        XCTAssertSucceeds(Commands.twinfs([
+            "init", p.storeA, "--node", "alpha", "--node-id", "1", "--listen", "127.0.0.1:\(portA)", "--peer", "127.0.0.1:\(portB)",
+            "--secret-file", path("pair-secret"),
+        ]))
+        p.a = try mount(p.storeA, at: "mnt-a", options: options)
+        try waitConnected(p.a)
+        try waitConnected(p.b)
+        XCTAssertSucceeds(Commands.python(Self.fsyncCheck, args: [p.a.mountpoint, ledger]), "seed \(seed)\n\(p.a.daemonLog())")
+        try waitDrained(p)
+        shell("diff -r \(quote(p.a.mountpoint)) \(quote(p.b.mountpoint))")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: p.a.mountpoint + "/.twinfs/conflicts"),
+                       "a brand-new store has nothing of its own to keep")
+    }
+}

@@ -52,6 +52,7 @@ let package = Package(
         .testTarget(name: "TwinSimTests", dependencies: ["TwinSim", "MirrorCore"]),
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "MirrorCore"], swiftSettings: swift5),
         .testTarget(name: "TwinStoreTests", dependencies: ["TwinStore"], swiftSettings: swift5),
+        .testTarget(name: "TwinNodeTests", dependencies: ["TwinNode", "TwinStore", "MirrorCore"], swiftSettings: swift5),
         .testTarget(name: "TwinIntegrationTests", dependencies: ["TwinStore"], swiftSettings: swift5),
     ]
 )

@@ -70,9 +70,19 @@ public struct RecoveredState: Hashable, Sendable {
     /// MOOS and uncompared until `Event.joinCompleted`. The shell supplies `true` from the store's creation until it
     /// has durably recorded the completion (a batch with `PersistBatch.joinCompleted`).
     public var joining: Bool
-    public init(entries: [PersistEntry], clockReservation: UInt64, incarnation: UInt64, joining: Bool = false) {
+    /// The node was promoted (`Event.promoted`) and no peer has connected since (Docs/PROTOCOL.md section 13): `held`
+    /// and `contested` entries restore as OOS under an explicit MOS (nobody else can hold the token), `moos` as none.
+    /// Overrides `joining` and `adopting` (a promotion ends both). The shell supplies `true` from the durable batch
+    /// flagged `PersistBatch.sole == true` until one flagged `false`.
+    public var sole: Bool
+    /// Only with `joining`: a demoted node rejoining with its mirror state wiped (no entries). Its own copies of
+    /// locations it has not compared since are untrusted: the peer's data overwrite them whatever their versions, and
+    /// it answers for them with empty data of version zero (section 13). Ends with the join (`joinCompleted`).
+    public var adopting: Bool
+    public init(entries: [PersistEntry], clockReservation: UInt64, incarnation: UInt64, joining: Bool = false,
+                sole: Bool = false, adopting: Bool = false) {
         self.entries = entries; self.clockReservation = clockReservation; self.incarnation = incarnation
-        self.joining = joining
+        self.joining = joining; self.sole = sole; self.adopting = adopting
     }
     public static let empty = RecoveredState(entries: [], clockReservation: 0, incarnation: 0)
 }
@@ -111,6 +121,14 @@ public enum Event: Sendable {
     /// location is in sync and unused, so that the peer can serve everything alone. The shell waits (bounded) for
     /// `status.mosCount == 0 && status.oosCount == 0`, then stops.
     case leaveRequested
+    /// The operator declared the peer gone for good (`twinfs promote`). Only while disconnected; ignored (no actions)
+    /// while connected or already sole. The node becomes **sole** (Docs/PROTOCOL.md section 13): MOOS and
+    /// "uncompared" are cleared everywhere (the peer's unreplicated writes are given up: see
+    /// `MirrorNode.promotionLosses`), a join ends, waiting operations are granted locally, pending flushes complete,
+    /// and a persist batch flagged `sole = true` (and `joinCompleted` if the node was joining) records it. While sole
+    /// every operation is served without messages: writes take MOS locally (persisted `held`, OOS once finished),
+    /// flushes complete at once (durability is local only). Sole ends at the next `connectionUp`.
+    case promoted
 }
 
 public enum OperationError: Hashable, Sendable {
@@ -138,10 +156,13 @@ public struct PersistBatch: Hashable, Sendable {
     /// The join is complete (`Event.joinCompleted`): the shell records that durably with this batch (or after it),
     /// and from then on restarts the core with `RecoveredState.joining == false`.
     public var joinCompleted: Bool
+    /// Sole mode changed with this batch (section 13): `true` after `Event.promoted`, `false` once a peer connected;
+    /// nil: unchanged. The shell records it durably with the batch and supplies `RecoveredState.sole` accordingly.
+    public var sole: Bool?
     public init(entries: [PersistEntry], clockReservation: UInt64?, hardenFirst: [Location] = [],
-                joinCompleted: Bool = false) {
+                joinCompleted: Bool = false, sole: Bool? = nil) {
         self.entries = entries; self.clockReservation = clockReservation; self.hardenFirst = hardenFirst
-        self.joinCompleted = joinCompleted
+        self.joinCompleted = joinCompleted; self.sole = sole
     }
 }
 

@@ -106,6 +106,23 @@ public final class MirrorNode {
     /// token comes back or the release is sent.
     var answeredAway: Set<Location> = []
 
+    /// Promoted (section 13): the peer is gone for good, every operation is served locally. Ends at `connectionUp`.
+    var sole = false
+    /// Grants under sole mode wait until the batch that recorded it (this persist token) is durable: a restart before
+    /// that would come back with the peer's MOOS, and a read served meanwhile would have ignored it.
+    var soleToken: UInt64 = 0
+    /// Sole-mode change the next persist batch must carry (`PersistBatch.sole`).
+    var soleChange: Bool?
+    /// Locations whose MOS a sole write took locally: their `held` must be durable before the write (hazard 7).
+    var soleTaken: [Location] = []
+    /// Rejoining after a demotion (section 13): a location not compared since the join began holds an untrusted copy.
+    var adopting = false
+    /// `joinCompleted` arrived while adopting but untrusted locations with explicit state (or in use) remained: the
+    /// completion waits until their forced pulls have landed (`adoptPending`), so that none becomes an ordinary
+    /// uncompared location whose stale, higher version would beat the peer's copy.
+    var joinCompletionDeferred = false
+    var adoptPending: Set<Location> = []
+
     func noteHandedBack(_ l: Location) {
         if answeredAway.count < maxTrackedReleases { answeredAway.insert(l) }
     }
@@ -209,6 +226,7 @@ public final class MirrorNode {
         case .restarted(let r): restart(r)
         case .joinCompleted: completeJoin()
         case .leaveRequested: leaving = true
+        case .promoted: promote()
         }
         // A pending flush (or leaving) makes the background copy run now, whatever its delay.
         if connected && (config.pushDelayTicks == 0 || now &- lastPumpTick >= config.pushDelayTicks
@@ -228,7 +246,7 @@ public final class MirrorNode {
         MirrorStatus(oosCount: bits.oosCount, moosCount: bits.moosCount, mosCount: bits.mosCount,
                      oldestOOSAgeTicks: bits.oosCount == 0 ? 0 : now &- oosNonEmptySince, connected: connected,
                      activeOperations: ops.count, inFlightPushes: pushesInFlight, pendingFlushes: flushes.count,
-                     counters: counters, joining: bits.joining, leaving: leaving)
+                     counters: counters, joining: bits.joining, leaving: leaving, sole: sole, adopting: adopting)
     }
 
     /// Bytes held by the dense bitmaps (the bulk; small dictionaries for in-flight state come on top).
@@ -282,7 +300,7 @@ public final class MirrorNode {
     /// Emits the pending persist batch now; returns a token whose durability covers every change so far.
     @discardableResult
     func flushPersist(joinCompleted: Bool = false) -> UInt64 {
-        if dirty.isEmpty && wantReservation == nil && !joinCompleted { return lastPersistToken }
+        if dirty.isEmpty && wantReservation == nil && !joinCompleted && soleChange == nil { return lastPersistToken }
         let t = newToken()
         var entries: [PersistEntry] = []
         entries.reserveCapacity(dirty.count)
@@ -296,7 +314,8 @@ public final class MirrorNode {
         if let r = wantReservation { reservationInFlight = (r, t); wantReservation = nil }
         out.append(.persist(CompletionToken(t), PersistBatch(
             entries: entries, clockReservation: reservationInFlight?.token == t ? reservationInFlight!.value : nil,
-            hardenFirst: harden, joinCompleted: joinCompleted)))
+            hardenFirst: harden, joinCompleted: joinCompleted, sole: soleChange)))
+        soleChange = nil
         lastPersistToken = t
         return t
     }
@@ -347,12 +366,15 @@ public final class MirrorNode {
     /// Asks the peer for every location the operation lacks, in one mark and one pull, before acquiring in order:
     /// a write spanning tracks and the inode costs one round trip, not one per location.
     func requestEarly(_ id: OperationID) {
-        guard let op = ops[id] else { return }
+        guard !sole, let op = ops[id] else { return }
         var pullNeed: [Location] = []
         var markNeed: [AccessItem] = []
         for it in op.items {
             let tok = bits.token(it.location)
-            if it.access.isWrite {
+            if it.access.isWrite && adoptsPeerCopy(it.location) {
+                // Adopting: the stale copy is replaced by the peer's before any write (compare first).
+                if pulls[it.location] == nil && grantsUnsent.at(it.location) == nil { pullNeed.append(it.location) }
+            } else if it.access.isWrite {
                 if tok != .mos && markOf.at(it.location) == nil && grantsUnsent.at(it.location) == nil
                     && answering.at(it.location) == nil { markNeed.append(it) }
             } else if tok == .moos && pulls[it.location] == nil && grantsUnsent.at(it.location) == nil {
@@ -411,8 +433,24 @@ public final class MirrorNode {
                 op.holdsCurrent = false
                 continue
             }
+            if sole {
+                // Nobody else can hold the token or newer data: take it here (persisted `held` before the write).
+                if it.access.isWrite && bits.token(l) != .mos { takeTokenAlone(l) }
+                if ready(l, it.access) {
+                    op.index += 1
+                    op.holdsCurrent = false
+                    continue
+                }
+                // Only a store write still landing (received before the promotion) holds it: its completion wakes us.
+                op.phase = .netWait
+                netWaiters[l, default: []].append(id)
+                ops[id] = op
+                return
+            }
             // Not ready: make sure a request is pending, then wait while holding only locations before `l`.
-            if it.access.isWrite {
+            if it.access.isWrite && adoptsPeerCopy(l) {
+                if pulls[l] == nil && grantsUnsent.at(l) == nil { sendPull([l]) }
+            } else if it.access.isWrite {
                 if markOf.at(l) == nil && bits.token(l) != .mos && grantsUnsent.at(l) == nil && answering.at(l) == nil {
                     sendMark([it], hint: op.hint, for: id)
                 }
@@ -434,7 +472,16 @@ public final class MirrorNode {
 
     func tryGrant(_ id: OperationID) {
         guard var op = ops[id] else { return }
-        var waiting = false
+        if !soleTaken.isEmpty {
+            // Tokens taken alone persist `held` like a mark's superset; the write waits for it (hazard 7).
+            let t = flushPersist()
+            if rules.persistSupersetBeforeWrite {
+                for l in soleTaken { supersetPending[l] = t }
+                supersetQueue.append((t, soleTaken))
+            }
+            soleTaken.removeAll()
+        }
+        var waiting = sole && durableToken < soleToken
         var writes = false
         for it in op.items where it.access.isWrite {
             writes = true
@@ -747,7 +794,7 @@ public final class MirrorNode {
             writes[t] = PendingWrite(location: p.location, version: p.version, kind: .push(durable: p.durable))
             receiving[p.location, default: 0] += 1
             out.append(.storeWrite(CompletionToken(t), p.location, p.payload, p.version,
-                                   onlyIfNewer: rules.ignoreStalePushes, sync: true))
+                                   onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(p.location), sync: true))
         case .release(let r):
             counters.releasesReceived += r.locations.count
             // An uncompared copy keeps its MOOS: it must fetch the peer's data before serving (finding 10).
@@ -797,7 +844,10 @@ public final class MirrorNode {
         touch(l, before)
         grantsUnsent[l, default: 0] += 1
         if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
-        if item.needData && (bits.oos(l) || item.forceData) {
+        if item.needData && (bits.oos(l) || item.forceData) && adoptsPeerCopy(l) {
+            // Adopting: our copy is untrusted; version zero makes the marker keep its own (section 13).
+            reply.granted.append(MarkGrant(location: l, data: Payload([]), version: .zero))
+        } else if item.needData && (bits.oos(l) || item.forceData) {
             let t = newToken()
             reads[t] = .markData(l, reply: nextReplyKey, epoch: epoch, gen: beginSend(l))
             reply.readsOutstanding += 1
@@ -865,7 +915,7 @@ public final class MirrorNode {
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .push(durable: false))
                 receiving[g.location, default: 0] += 1
                 out.append(.storeWrite(CompletionToken(t), g.location, data, v,
-                                       onlyIfNewer: rules.ignoreStalePushes, sync: true))
+                                       onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(g.location), sync: true))
             }
         }
         guard var om = outMarks[r.id] else { return }
@@ -880,7 +930,7 @@ public final class MirrorNode {
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .markData(markID: r.id))
                 receiving[g.location, default: 0] += 1
                 out.append(.storeWrite(CompletionToken(t), g.location, data, v,
-                                       onlyIfNewer: rules.ignoreStalePushes, sync: true))
+                                       onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(g.location), sync: true))
             } else {
                 takeToken(g.location, markID: r.id, om: &om)
                 woken.append(g.location)
@@ -943,7 +993,12 @@ public final class MirrorNode {
             }
         }
         touch(l, before)
-        if bits.oos(l) || forceData {
+        if (bits.oos(l) || forceData) && adoptsPeerCopy(l) {
+            // Adopting: our copy is untrusted and never read; version zero makes the puller keep its own (section 13).
+            counters.pullAnswersData += 1
+            out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(Payload([]), .zero),
+                                                    prefetched: prefetched, clock: clock, pullID: pullID))))
+        } else if bits.oos(l) || forceData {
             let t = newToken()
             reads[t] = .answer(l, pullID: pullID, epoch: epoch, gen: beginSend(l))
             answering[l, default: 0] += 1
@@ -1000,7 +1055,8 @@ public final class MirrorNode {
             let clears = (a.pullID != 0 && pulls[l] == a.pullID) || a.prefetched
             writes[t] = PendingWrite(location: l, version: v, kind: .answer(clearsMOOS: clears))
             receiving[l, default: 0] += 1
-            out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: true))
+            out.append(.storeWrite(CompletionToken(t), l, p, v,
+                                   onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(l), sync: true))
         }
     }
 
@@ -1133,6 +1189,9 @@ public final class MirrorNode {
         }
         if bits.oos(l) { enqueuePush(l) }
         wake(l)
+        if joinCompletionDeferred && !adoptPending.isEmpty && adoptPending.remove(l) != nil && adoptPending.isEmpty {
+            completeJoin()
+        }
     }
 
     /// Received data are always written with `sync: true` before this: an ack lets the sender clear OOS and forget,
@@ -1200,6 +1259,8 @@ public final class MirrorNode {
     }
 
     func requestFlush(_ id: FlushID, _ locs: [Location]) {
+        // Sole: there is no peer to hold a copy; the store's own durability is all there is (section 13).
+        if sole { out.append(.flushDone(id)); return }
         var need = Set<Location>()
         for l in locs where bits.oos(l) && !need.contains(l) {
             need.insert(l)
@@ -1275,6 +1336,12 @@ public final class MirrorNode {
     func connectionUp(_ e: UInt64) {
         connected = true
         epoch = e
+        if sole {
+            // The shell connects a sole node only to a demoted or fresh peer, which reads MOOS everywhere (its joining
+            // default): our MOS and OOS stay valid as they are, and the background copy below pushes the OOS.
+            sole = false
+            soleChange = false
+        }
         out.append(.send(.hello(Hello(node: config.node, epoch: e, incarnation: incarnation, clock: clock))))
         // Pending requests are re-sent; the peer handles them idempotently.
         for id in outMarks.keys.sorted() {
@@ -1336,6 +1403,8 @@ public final class MirrorNode {
             for l in f.need { decNeed(l) }
             out.append(.flushFailed(id, .peerTimeout))
         }
+        // A deferred completion re-pulls what a grant of ours cancelled, and completes once nothing is left.
+        if joinCompletionDeferred { completeJoin() }
         releaseCold()
     }
 
@@ -1345,8 +1414,39 @@ public final class MirrorNode {
     /// none (the peer may hold the token, or a read waits for their data).
     func completeJoin() {
         guard bits.joining else { return }
+        if adopting {
+            // Untrusted locations that have explicit state or are in use would become ordinary uncompared ones, whose
+            // comparison lets the higher version win: our stale copy could then beat the peer's. Adopt them first.
+            var pending: [Location] = []
+            bits.forEachJoinUncompared { if adoptsPeerCopy($0) { pending.append($0) } }
+            for l in inUseLocations().sorted() where adoptsPeerCopy(l) && bits.isJoinDefault(l) { pending.append(l) }
+            if !pending.isEmpty {
+                joinCompletionDeferred = true
+                adoptPending = Set(pending)
+                let pull = adoptPending.filter {
+                    pulls[$0] == nil && grantsUnsent.at($0) == nil && receiving.at($0) == nil
+                }.sorted()
+                if !pull.isEmpty { sendPull(pull) }  // re-sent at `connectionUp` while disconnected
+                return
+            }
+            adopting = false
+            joinCompletionDeferred = false
+        }
         var keep: [Location] = []
         bits.forEachJoinUncompared { keep.append($0) }
+        for l in inUseLocations().sorted() where bits.isJoinDefault(l) { keep.append(l) }
+        let before = keep.map { persisted($0) }
+        for l in keep where bits.token(l) == .moos || takeover.at(l) != nil {
+            if bits.token(l) == .moos { bits.setToken(l, .moos) }  // a default MOOS becomes explicit
+            uncompared.insert(l)
+        }
+        bits.endJoining()
+        for (l, b) in zip(keep, before) { touch(l, b) }
+        flushPersist(joinCompleted: true)
+    }
+
+    /// Locations an operation, a pull, mark, landing grant, store write, answer, unsent grant or deferred request uses.
+    func inUseLocations() -> Set<Location> {
         var inUse = Set<Location>()
         for (_, op) in ops { for it in op.items { inUse.insert(it.location) } }
         for l in pulls.keys { inUse.insert(l) }
@@ -1356,15 +1456,7 @@ public final class MirrorNode {
         for l in answering.keys { inUse.insert(l) }
         for l in grantsUnsent.keys { inUse.insert(l) }
         for l in deferred.keys { inUse.insert(l) }
-        for l in inUse.sorted() where bits.isJoinDefault(l) { keep.append(l) }
-        let before = keep.map { persisted($0) }
-        for l in keep where bits.token(l) == .moos || takeover.at(l) != nil {
-            if bits.token(l) == .moos { bits.setToken(l, .moos) }  // a default MOOS becomes explicit
-            uncompared.insert(l)
-        }
-        bits.endJoining()
-        for (l, b) in zip(keep, before) { touch(l, b) }
-        flushPersist(joinCompleted: true)
+        return inUse
     }
 
     func restart(_ r: RecoveredState) {
@@ -1378,13 +1470,29 @@ public final class MirrorNode {
         reads = [:]; writes = [:]; receiving = [:]; inFlight = [:]; pushesInFlight = 0; pushQueue = fresh.pushQueue
         deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
         releaseScan = []; leaving = false; releasedOnConnection = []; releaseResend = []; answeredAway = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
+        sole = fresh.sole; soleToken = 0; soleChange = nil; soleTaken = []; adopting = fresh.adopting
+        joinCompletionDeferred = false; adoptPending = []
         oosNonEmptySince = now
     }
 
     /// Hazard 3 and 7: after a crash, MOS is never trusted (the token may have been handed over without the
     /// persisted bit catching up); the superset becomes OOS, so every pull for it is answered with data.
     func recover(_ r: RecoveredState) {
-        if r.joining { bits.startJoining() }
+        clock = r.clockReservation
+        clockReserved = r.clockReservation
+        incarnation = r.incarnation
+        nextMarkID = (r.incarnation << 40) | 1
+        if r.sole {
+            // Promoted and no peer since: nobody else can hold the token, so MOS is trusted here (unlike below), and
+            // the peer's MOOS was given up at the promotion. A join or an adoption ended with it.
+            sole = true
+            for e in r.entries where e.state == .held || e.state == .contested {
+                bits.setToken(e.location, .mos)
+                setOOS(e.location, true)
+            }
+            return
+        }
+        if r.joining { bits.startJoining(); adopting = r.adopting }
         for e in r.entries {
             switch e.state {
             case .none: break
@@ -1403,10 +1511,6 @@ public final class MirrorNode {
                 }
             }
         }
-        clock = r.clockReservation
-        clockReserved = r.clockReservation
-        incarnation = r.incarnation
-        nextMarkID = (r.incarnation << 40) | 1
     }
 }
 

@@ -67,4 +67,8 @@ public struct MirrorStatus: Hashable, Sendable {
     public var joining = false
     /// `Event.leaveRequested` was stepped: in-sync MOS locations are released as soon as they are unused.
     public var leaving = false
+    /// Promoted and no peer connected since (section 13): every operation is served locally.
+    public var sole = false
+    /// Rejoining after a demotion (`RecoveredState.adopting`): uncompared copies give way to the peer's.
+    public var adopting = false
 }

@@ -307,6 +307,36 @@ final class ConflictsTests: XCTestCase {
         XCTAssertEqual(try Conflicts.importPending(volume: loser, pendingDirectory: pending), [], "nothing pending")
     }
 
+    func testTheRootALostInodeAndNamesThatCollideWithTheLayoutAreEachKeptApart() throws {
+        let loser = try makeVolume("loser", node: "nodeB")
+        let root = InodeRecord.rootIno
+        let manifestLike = try write(loser, root, ".manifest.json", Array("a user's own manifest".utf8))
+        let dir = try mkdir(loser, root, "d")
+        let listingLike = try write(loser, dir, ".twinfs-listing.txt", Array("a user's own listing".utf8))
+        // A file whose record is here but no name leads to it (as when its entry was not pulled yet).
+        let lost = try loser.store.allocateInodeNumber()
+        try loser.store.database.transaction {
+            try loser.store.insertInode(InodeRecord(ino: lost, mode: UInt32(S_IFREG) | 0o600, uid: 1000, gid: 1000, nlink: 1, time: Timestamp.now(), version: try loser.store.nextVersion()))
+        }
+        let records = try Conflicts.preserve(
+            store: loser.store, inodes: [root, manifestLike, dir, listingLike, lost], nodeName: "nodeB", nowUnixMs: now, pendingDirectory: pending)
+        XCTAssertEqual(records.map(\.path), ["/", "/.manifest.json", "/d", "/d/.twinfs-listing.txt", "/.twinfs/lost/inode-\(lost)"])
+        XCTAssertEqual(records.map(\.conflictPath), [
+            batch + "/.twinfs-listing.txt", batch + "/.manifest.json.inode-\(manifestLike)", batch + "/d/.twinfs-listing.txt",
+            batch + "/d/.twinfs-listing.txt.inode-\(listingLike)", batch + "/.twinfs/lost/inode-\(lost)",
+        ])
+
+        let winner = try makeVolume("winner", node: "nodeA")
+        _ = try Conflicts.importPending(volume: winner, pendingDirectory: pending)
+        XCTAssertEqual(try contents(winner, batch + "/.manifest.json.inode-\(manifestLike)"), Array("a user's own manifest".utf8))
+        XCTAssertEqual(try contents(winner, batch + "/d/.twinfs-listing.txt.inode-\(listingLike)"), Array("a user's own listing".utf8))
+        let rootListing = String(decoding: try contents(winner, batch + "/.twinfs-listing.txt"), as: UTF8.self)
+        XCTAssertEqual(rootListing.split(separator: "\n").filter { !$0.hasPrefix("#") }, [".manifest.json", "d"])
+        XCTAssertEqual(try contents(winner, batch + "/.twinfs/lost/inode-\(lost)"), [])
+        XCTAssertEqual(try XCTUnwrap(try resolve(winner, batch + "/.twinfs/lost")).permissions, 0o700, "unknown directories are root's alone")
+        XCTAssertEqual(try Conflicts.list(volume: winner, limit: 100), records, "the manifest is the batch's, not the user's file")
+    }
+
     func testNamesAndTimesPrintPlainly() {
         XCTAssertEqual(Conflicts.timestamp(now), "20261127T061200Z")
         XCTAssertEqual(Conflicts.escape(Array("a b%c\n".utf8)), "a b%25c%0A")

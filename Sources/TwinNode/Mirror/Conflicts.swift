@@ -93,6 +93,16 @@ public enum Conflicts {
     /// caller keeps every other user of the store away meanwhile. One call makes one batch, which appears in the
     /// pending directory whole (renamed into place) or not at all.
     public static func preserve(store: Store, inodes: [UInt64], nodeName: String, nowUnixMs: Int64, pendingDirectory: String) throws -> [ConflictRecord] {
+        do {
+            return try preserveBatch(store: store, inodes: inodes, nodeName: nodeName, nowUnixMs: nowUnixMs, pendingDirectory: pendingDirectory)
+        } catch let error as SQLiteError {
+            throw ConflictError.io(path: store.root, detail: "reading the store: \(error)")
+        } catch let error as FSError {
+            throw ConflictError.io(path: store.root, detail: "reading the store: \(error)")
+        }
+    }
+
+    private static func preserveBatch(store: Store, inodes: [UInt64], nodeName: String, nowUnixMs: Int64, pendingDirectory: String) throws -> [ConflictRecord] {
         guard (try? StoreIdentity.validateNodeName(nodeName)) != nil else { throw ConflictError.invalidNodeName(nodeName) }
         var seen = Set<UInt64>()
         let unique = inodes.filter { seen.insert($0).inserted }
@@ -119,12 +129,23 @@ public enum Conflicts {
             guard suffix < 1000 else { throw ConflictError.io(path: pendingDirectory, detail: "too many batches named \(name)") }
             batchName = "\(name)-\(suffix)"
         }
-        for i in entries.indices {
-            let copy = entries[i].hasCopy ? conflictRoot + "/" + batchName + displayPath(entries[i].copyComponents) : ""
-            entries[i].record.conflictPath = copy
+        // Two copies never share a path: a preserved file named like the manifest or like a preserved
+        // directory's listing gets its inode number appended.
+        var taken: Set<[[UInt8]]> = [[Array(manifestName.utf8)]]
+        for i in entries.indices where entries[i].hasCopy {
+            if !taken.insert(entries[i].copyComponents).inserted {
+                let leaf = entries[i].copyComponents.last!
+                let suffix = Array(".inode-\(entries[i].ino)".utf8)
+                entries[i].copyLeaf = Data(leaf.prefix(Volume.maxNameBytes - suffix.count) + suffix)
+                taken.insert(entries[i].copyComponents)
+            }
+            entries[i].record.conflictPath = conflictRoot + "/" + batchName + displayPath(entries[i].copyComponents)
         }
         let temporary = "\(pendingDirectory)/\(tmpPrefix)\(batchName)"
         try makeDirectory(temporary, parents: false)
+        var renamed = false
+        // A failed preserve leaves nothing behind (and a crashed one is swept by the next).
+        defer { if !renamed { try? FileManager.default.removeItem(atPath: temporary) } }
         for (i, entry) in entries.enumerated() {
             switch entry.record.kind {
             case Kind.file: try copyData(of: entry.ino, size: entry.record.bytes, store: store, to: "\(temporary)/\(i).data")
@@ -142,6 +163,7 @@ public enum Conflicts {
         try writeFile("\(temporary)/\(batchFile)", Array(try JSONEncoder().encode(batch)))
         try syncDirectory(temporary)
         guard rename(temporary, "\(pendingDirectory)/\(batchName)") == 0 else { throw ConflictError.io(path: temporary, detail: errnoText()) }
+        renamed = true
         try syncDirectory(pendingDirectory)
         return entries.map(\.record)
     }
@@ -331,22 +353,22 @@ public enum Conflicts {
             if leafIsDirectory && depth == names.count - 1, let own = entry.attributes { attributes = own }
             parent = try tree.directory(in: parent, name, attributes: attributes, path: parentPath)
         }
-        guard let attributes = entry.attributes else { return }
+        guard let attributes = entry.attributes, let leaf = entry.copyComponents.last else { return }
         switch entry.record.kind {
         case Kind.file:
-            try tree.copyFile(in: parent, names.last!, path: entry.record.conflictPath, from: data, size: entry.record.bytes, attributes: attributes)
-            if !entry.xattrs.isEmpty, let copy = try tree.child(of: parent, names.last!, path: entry.record.conflictPath) {
+            try tree.copyFile(in: parent, leaf, path: entry.record.conflictPath, from: data, size: entry.record.bytes, attributes: attributes)
+            if !entry.xattrs.isEmpty, let copy = try tree.child(of: parent, leaf, path: entry.record.conflictPath) {
                 try tree.setXattrs(of: copy.ino, path: entry.record.conflictPath, entry.xattrs)
             }
         case Kind.directory:
             // The listing is readable by whoever could list the directory.
             let listing = FileAttributes(mode: (attributes.mode & 0o444) | 0o200, uid: attributes.uid, gid: attributes.gid, atimeNs: attributes.mtimeNs, mtimeNs: attributes.mtimeNs)
-            try tree.copyFile(in: parent, Array(listingName.utf8), path: entry.record.conflictPath, from: data, size: nil, attributes: listing)
+            try tree.copyFile(in: parent, leaf, path: entry.record.conflictPath, from: data, size: nil, attributes: listing)
             // The original root's attributes are not given to the batch directory.
             if !names.isEmpty { try tree.apply(attributes, to: parent, path: parentPath) }
-            try tree.setXattrs(of: parent, path: parentPath, entry.xattrs)
+            if !names.isEmpty { try tree.setXattrs(of: parent, path: parentPath, entry.xattrs) }
         case Kind.symlink:
-            try tree.symlink(in: parent, names.last!, target: Array(entry.symlinkTarget ?? Data()), path: entry.record.conflictPath, attributes: attributes)
+            try tree.symlink(in: parent, leaf, target: Array(entry.symlinkTarget ?? Data()), path: entry.record.conflictPath, attributes: attributes)
         default:
             break
         }
@@ -506,8 +528,12 @@ struct PendingEntry: Codable, Equatable {
     var hasCopy: Bool { [Conflicts.Kind.file, Conflicts.Kind.directory, Conflicts.Kind.symlink].contains(record.kind) }
     /// Where the copy goes below the batch directory: a directory's copy is its listing inside it.
     var names: [[UInt8]] { components.map { Array($0) } }
+    /// Replaces the last name of the copy when the natural one is taken.
+    var copyLeaf: Data?
     var copyComponents: [[UInt8]] {
-        record.kind == Conflicts.Kind.directory ? names + [Array(Conflicts.listingName.utf8)] : names
+        var path = record.kind == Conflicts.Kind.directory ? names + [Array(Conflicts.listingName.utf8)] : names
+        if let copyLeaf, !path.isEmpty { path[path.count - 1] = Array(copyLeaf) }
+        return path
     }
     /// A data file in the pending batch: a file's contents, a directory's listing.
     var hasData: Bool { record.kind == Conflicts.Kind.file || record.kind == Conflicts.Kind.directory }

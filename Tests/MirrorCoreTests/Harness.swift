@@ -32,6 +32,9 @@ final class Rig {
     var incarnation: UInt64 = 0
     /// The store is joining until a persist batch flagged `joinCompleted` is durable (what a shell records).
     var joining = false
+    /// Sole (promoted) and adopting (demoted, rejoining), as the shell records them from durable batches.
+    var sole = false
+    var adopting = false
     /// Every persist batch issued, in order (tests read the join completion flag).
     var batches: [PersistBatch] = []
 
@@ -146,7 +149,8 @@ final class Pair {
         for (_, b) in r.unpersisted {
             for e in b.entries { r.durable[e.location] = e.state }
             if let c = b.clockReservation { r.durableReservation = c }
-            if b.joinCompleted { r.joining = false }
+            if b.joinCompleted { r.joining = false; r.adopting = false }
+            if let sole = b.sole { r.sole = sole }
         }
         r.unpersisted = []
         r.completions.append(.persistDone(last))
@@ -208,7 +212,24 @@ final class Pair {
         let entries = r.durable.filter { $0.value != .none }.map { PersistEntry($0.key, $0.value) }
             .sorted { $0.location < $1.location }
         feed(s, .restarted(RecoveredState(entries: entries, clockReservation: r.durableReservation,
-                                          incarnation: r.incarnation, joining: r.joining)))
+                                          incarnation: r.incarnation, joining: r.joining, sole: r.sole,
+                                          adopting: r.adopting)))
+    }
+
+    /// What the shell does to a node whose peer was promoted meanwhile (section 13): its mirror state is wiped and it
+    /// restarts joining and adopting (the store's data and clock reservation stay).
+    func demote(_ s: Side) {
+        let r = rigs[s.rawValue]
+        r.unpersisted = []
+        r.completions = []
+        r.granted = [:]
+        r.durable = [:]
+        r.joining = true
+        r.adopting = true
+        r.sole = false
+        r.incarnation += 1
+        feed(s, .restarted(RecoveredState(entries: [], clockReservation: r.durableReservation,
+                                          incarnation: r.incarnation, joining: true, adopting: true)))
     }
 
     // MARK: operations

@@ -24,7 +24,7 @@ let package = Package(
         .target(name: "CLinuxShims"),
         // Release builds skip dynamic exclusivity checks in the core (its hot path is class-property access).
         .target(name: "MirrorCore", swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]),
-        .target(name: "TwinStore", dependencies: ["CSQLite", "CLinuxShims"], swiftSettings: swift5),
+        .target(name: "TwinStore", dependencies: ["CSQLite", "CLinuxShims", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: swift5),
         .target(name: "TwinNode", dependencies: ["TwinStore", "CLinuxShims", "MirrorCore"], swiftSettings: swift5),
         .target(name: "TwinFUSE", dependencies: ["CFuse3", "CLinuxShims", "TwinNode", "TwinStore"], swiftSettings: swift5),
         .target(name: "TwinSim", dependencies: ["MirrorCore"]),

@@ -221,6 +221,7 @@ public final class Store {
             do {
                 try store.loadCounters()
                 try store.prepareMirrorState()
+                try store.prepareChecksums()
                 try store.removeOrphans()
                 store.emptyTrash()
                 try store.openWAL()

@@ -114,6 +114,8 @@ final class ConflictsTests: XCTestCase {
     func makeChanges(_ v: Volume) throws -> Changed {
         let root = InodeRecord.rootIno
         let hello = try write(v, root, "hello.txt", Array("hello from nodeB\n".utf8))
+        try v.setxattr(hello, name: Array("user.note".utf8), value: Array("kept".utf8), create: true, replace: false)
+        try v.setxattr(hello, name: Array("trusted.grant".utf8), value: Array("not kept".utf8), create: true, replace: false)
         let link = try v.symlink(target: Array("hello.txt".utf8), parent: root, name: Array("link".utf8), caller: user).ino
         let docs = try mkdir(v, root, "docs", mode: 0o750)
         try write(v, docs, "a.md", Array("a".utf8))
@@ -198,6 +200,11 @@ final class ConflictsTests: XCTestCase {
         XCTAssertEqual(try winner.readlink(link.ino), Array("hello.txt".utf8))
         let listing = String(decoding: try contents(winner, batch + "/docs/.twinfs-listing.txt"), as: UTF8.self)
         XCTAssertEqual(listing.split(separator: "\n").filter { !$0.hasPrefix("#") }, ["a.md", "b.md"])
+
+        // User attributes come along, privileged ones do not.
+        let hello = try XCTUnwrap(try resolve(winner, batch + "/hello.txt"))
+        XCTAssertEqual(try winner.listxattr(hello.ino), [Array("user.note".utf8)])
+        XCTAssertEqual(try winner.getxattr(hello.ino, name: Array("user.note".utf8)), Array("kept".utf8))
 
         // Owners and permissions follow the originals, without set-id bits; private directories stay private.
         let tool = try XCTUnwrap(try resolve(winner, batch + "/tool"))

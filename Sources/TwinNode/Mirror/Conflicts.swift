@@ -372,6 +372,9 @@ public enum Conflicts {
         default:
             break
         }
+        // What changed after the copy's own fsync (a directory's attributes, extended attributes) is durable
+        // too before the pending entry goes.
+        if entry.record.kind == Kind.directory || !entry.xattrs.isEmpty { try tree.syncMetadata(path: entry.record.conflictPath) }
     }
 
     private static func removeBatchDirectory(_ directory: String, leftovers: [String], pendingDirectory: String) throws {
@@ -741,6 +744,10 @@ struct TreeWriter {
             try apply(attributes, to: record.ino, path: path)
             try volume.fsync(handle: handle, ino: record.ino, dataOnly: false)
         }
+    }
+
+    func syncMetadata(path: String) throws {
+        try run(path) { try volume.fsyncDirectory() }
     }
 
     func setXattrs(of ino: UInt64, path: String, _ xattrs: [PendingXattr]) throws {

@@ -20,6 +20,9 @@ public enum FrameType: UInt8, CaseIterable, Sendable {
     case refuse = 0x04
     case ping = 0x05
     case pong = 0x06
+    /// `twinfs verify` between the daemons (VerifyFrames.swift); sealed, never seen by the protocol core.
+    case verifyRequest = 0x07
+    case verifyAnswer = 0x08
     // MirrorCore messages.
     case hello = 0x10
     case mark = 0x11
@@ -174,7 +177,7 @@ public enum MessageCodec {
             m = .push(Push(location: l, payload: Payload(try r.blob("push.data", maxBytes: maxPayloadDataBytes)), version: v, durable: durable))
         case .release:
             m = .release(Release(locations: try locations(&r, "release.locations")))
-        case .linkHello, .proof, .ready, .refuse, .ping, .pong:
+        case .linkHello, .proof, .ready, .refuse, .ping, .pong, .verifyRequest, .verifyAnswer:
             throw .unexpectedFrameType(type.rawValue, phase: "as a protocol message")
         }
         try r.expectEnd()

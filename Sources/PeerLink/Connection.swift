@@ -70,6 +70,8 @@ public struct ConnectionMachine {
         case send([UInt8])
         case established(SessionInfo)
         case deliver(Message)
+        /// A `twinfs verify` message (link level: for the daemon, not the core).
+        case deliverVerify(VerifyMessage)
         case rtt(microseconds: UInt64)
         /// The connection is over; any `.send` before this in the same batch goes out first.
         case close(CloseReason)
@@ -259,6 +261,8 @@ public struct ConnectionMachine {
                 phase = .closed(.refusedByPeer(r)); out.append(.close(.refusedByPeer(r)))
             case .linkHello, .proof, .ready:
                 throw .unexpectedFrameType(type.rawValue, phase: "after the handshake")
+            case .verifyRequest, .verifyAnswer:
+                out.append(.deliverVerify(try VerifyCodec.decode(type, f.body, from: 0, to: n)))
             case .hello, .mark, .markReply, .pull, .pullAnswer, .ack, .push, .release:
                 out.append(.deliver(try MessageCodec.decode(type, f.body, from: 0, to: n)))
             }

@@ -69,6 +69,8 @@ public enum LinkEvent: Sendable {
     case rejected(reason: CloseReason, remote: String)
     /// The outbox of the current connection drained below half after a `send` was refused as full.
     case writable(epoch: UInt64)
+    /// A `twinfs verify` message of the current connection (never for the core).
+    case verify(epoch: UInt64, VerifyMessage)
 }
 
 public enum SendResult: Equatable, Sendable {
@@ -301,6 +303,33 @@ public final class PeerLink: @unchecked Sendable {
         return .queued
     }
 
+    /// Queues a `twinfs verify` message on the current connection (on `epoch` only, if given). Thread-safe. No
+    /// backlog: a verify message that finds the outbox full is refused (the caller waits and tries again).
+    public func sendVerify(_ message: VerifyMessage, epoch: UInt64? = nil) -> SendResult {
+        let (t, payload) = VerifyCodec.encode(message)
+        let maxPayload = config.limits.maxFrameBytes - 1 - FrameLimits.macBytes
+        if payload.count > maxPayload { return .tooLarge }
+        let size = payload.count + FrameLimits.lengthBytes + 1 + FrameLimits.macBytes
+        lock.lock()
+        let ob = outbox
+        lock.unlock()
+        guard let o = ob, epoch.map({ $0 == o.epoch }) ?? true else { return .notConnected }
+        guard o.reserve(bytes: size, frames: 1) else { return .queueFull }
+        let channel = o.channel
+        let item = OutboundItem(type: t, payload: payload)
+        channel.eventLoop.execute { [weak self] in
+            channel.write(item).whenComplete { _ in
+                if o.release(bytes: size, frames: 1), let self {
+                    self.loop.execute { if self.active?.epoch == o.epoch { self.onEvent(.writable(epoch: o.epoch)) } }
+                }
+            }
+            if o.needsFlush() {
+                channel.eventLoop.execute { o.flushed(); channel.flush() }
+            }
+        }
+        return .queued
+    }
+
     /// Closes the current connection (the link then reconnects). For tests and operator commands.
     public func dropConnection() {
         loop.execute { self.active?.closeWith(Refusal(.goingAway, "connection dropped by \(self.config.identity.nodeName)"), linger: true) }
@@ -419,6 +448,11 @@ public final class PeerLink: @unchecked Sendable {
         guard active === h else { return }
         lock.lock(); statusValue.messagesReceived += 1; lock.unlock()
         onEvent(.message(m))
+    }
+
+    func deliverVerify(_ h: ConnectionHandler, _ m: VerifyMessage) {
+        guard active === h else { return }
+        onEvent(.verify(epoch: h.epoch, m))
     }
 
     func count(sent: Int = 0, received: Int = 0) {
@@ -581,6 +615,8 @@ final class ConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 link.established(self, s)
             case let .deliver(m):
                 link.deliver(self, m)
+            case let .deliverVerify(m):
+                link.deliverVerify(self, m)
             case let .rtt(us):
                 link.rtt(self, us)
             case .close:

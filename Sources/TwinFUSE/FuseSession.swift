@@ -59,6 +59,12 @@ public final class FuseSession {
         _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
     }
 
+    /// Drops the kernel's cached data pages and attributes of `ino` (after a repair rewrote its bytes without a
+    /// new mtime). May wait on page locks: never call it from the mirror's executor or a FUSE thread.
+    public func invalidateData(_ ino: UInt64) {
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, 0, 0)
+    }
+
     /// Serves requests until `fusermount3 -u`, SIGTERM, SIGINT or SIGHUP. Returns after unmounting.
     public func run(maxThreads: Int = 16) -> Int32 {
         let config = fuse_loop_cfg_create()

@@ -52,9 +52,12 @@ final class MirrorRuntime: @unchecked Sendable {
         }
         shell.log = { line in Self.log(line) }
         self.box = box
+        verification = Verification(shell: shell)
     }
 
     private let box: LinkBox
+    /// `twinfs verify` (Verification.swift).
+    let verification: Verification
     /// The store started joining (its copy may lack anything the peer has): the filler walks the tree.
     private let joining: Bool
     private var filler: Filler?
@@ -197,12 +200,16 @@ final class MirrorRuntime: @unchecked Sendable {
                     self?.note(rejection: "\(remote): \(reason)")
                 case .writable:
                     self?.box.writable()
+                case .verify(let epoch, let message):
+                    self?.verification.received(message, epoch: epoch)
                 }
             }
         } catch {
             throw UsageError(message: "cannot listen on \(pairing.listen): \(error)")
         }
         box.link = link
+        verification.attach(link)
+        verification.verifier.invalidateData = { ino in session.invalidateData(ino) }
         if joining {
             let filler = Filler(volume: shell.volume)
             filler.start {
@@ -295,7 +302,7 @@ final class MirrorRuntime: @unchecked Sendable {
         }
         let doc: [String: Any] = [
             "mounted": true, "uptimeMs": Int(s.uptimeMs), "peer": peer, "mirror": mirror, "joining": join,
-            "leaving": s.core.leaving,
+            "leaving": s.core.leaving, "verify": verification.statusKeys(),
         ]
         return Array((try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys])) ?? Data())
     }

@@ -63,6 +63,8 @@ public final class MirrorShell: @unchecked Sendable {
     /// Drops kernel caches for an inode (attributes; data pages are checked against mtime on the next read).
     public var invalidate: (@Sendable (UInt64) -> Void)?
     public var log: (@Sendable (String) -> Void)?
+    /// Checksums of the images the executor reads and stores anyway (Verify/ChecksumRecorder.swift).
+    let checksums = ChecksumRecorder()
 
     private let condition = NSCondition()
     private var inbox: [Event] = []
@@ -247,6 +249,17 @@ public final class MirrorShell: @unchecked Sendable {
         return false
     }
 
+    /// For `twinfs verify`: per location, whether the core may still copy it (out of sync: written here and not
+    /// acknowledged, a write running included; or not compared yet, after a crash or while joining): a difference
+    /// there is a copy in flight, not a missed one. Maybe-out-of-sync alone is not: it stays while the peer keeps
+    /// the token, long after the peer's data arrived (the peer's own out-of-sync bit covers a copy still due).
+    func unsettled(_ locations: [Location]) -> [Bool] {
+        condition.lock()
+        defer { condition.unlock() }
+        let joining = core.status.joining
+        return locations.map { l in joining || core.state(of: l).outOfSync || core.comparesBeforeServing(l) }
+    }
+
     public var status: MirrorShellStatus {
         statusLock.lock()
         defer { statusLock.unlock() }
@@ -323,6 +336,7 @@ public final class MirrorShell: @unchecked Sendable {
             core.step(event, into: &queued)
         }
         pending.removeAll(keepingCapacity: true)
+        checksums.flush(volume, log: log)
     }
 
     private func commitDurably() {
@@ -363,6 +377,7 @@ public final class MirrorShell: @unchecked Sendable {
         case .storeRead(let token, let location):
             do {
                 let image = try volume.mirrorRead(location)
+                checksums.sent(location, image)
                 pending.append(.storeReadDone(token, Payload(image.bytes), Self.version(image.version)))
                 succeeded(token)
             } catch {
@@ -372,7 +387,9 @@ public final class MirrorShell: @unchecked Sendable {
             }
         case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
             do {
-                let stored = try volume.mirrorApply(location, LocationImage(version: Self.storeVersion(version), bytes: payload.bytes), force: !onlyIfNewer)
+                let image = LocationImage(version: Self.storeVersion(version), bytes: payload.bytes)
+                let stored = try volume.mirrorApply(location, image, force: !onlyIfNewer)
+                if stored == image.version { checksums.stored(location, image) }
                 invalidate?(location.ino)
                 if sync {
                     syncInodes.insert(location.ino)

@@ -172,7 +172,7 @@ final class Verification: VerifyPeer, @unchecked Sendable {
         let p = progress ?? verifier.progress
         var keys: [String: Any] = [
             "active": p.active, "checked": p.checked, "total": p.total, "differences": p.differences, "repaired": p.repaired,
-            "skippedInFlight": p.skippedInFlight, "runs": p.runs, "corruptReads": verifier.corruptReads,
+            "skippedInFlight": p.skippedInFlight, "rechecked": p.rechecked, "runs": p.runs, "corruptReads": verifier.corruptReads,
             "failedChecksumRecordings": verifier.failedChecksumRecordings,
         ]
         if let error = p.error { keys["error"] = error }

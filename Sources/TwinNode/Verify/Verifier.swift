@@ -68,6 +68,8 @@ public struct VerifyProgress: Sendable {
     public var repaired = 0
     /// Locations still being copied at both looks (never reported; a later verify sees them settled).
     public var skippedInFlight = 0
+    /// Locations that differed at the first look and were looked at again (mostly writes in flight that settled).
+    public var rechecked = 0
     public var runs = 0
     /// Why the last run stopped early (no peer, peer did not answer); nil if it completed.
     public var error: String?
@@ -182,6 +184,10 @@ public final class Verifier: @unchecked Sendable {
             if round > 0 { usleep(Self.recheckDelayMs * 1000) }
             let looks = try self.round(pending, peer: peer)
             var next: [Location] = []
+            if round == 0 {
+                let again = looks.filter { $0.verdict != .fine }.count
+                if again > 0 { update { $0.rechecked += again } }
+            }
             for (l, look) in zip(pending, looks) {
                 switch look.verdict {
                 case .fine: continue

@@ -91,19 +91,27 @@ final class Verification: VerifyPeer, @unchecked Sendable {
             return nextID
         }
         defer { lock.withLock { _ = waiting.removeValue(forKey: id) } }
-        switch send(make(id), epoch: nil) {
+        guard let link = lock.withLock({ self.link }), link.status.connected else { throw VerifyError.peer("the peer is not connected") }
+        // Tied to this connection: an answer can only come on the connection the request went on.
+        let epoch = link.status.epoch
+        switch send(make(id), epoch: epoch) {
         case .queued: break
         case .notConnected: throw VerifyError.peer("the peer is not connected")
         case .queueFull: throw VerifyError.peer("the link to the peer stays full")
         case .tooLarge: throw VerifyError.peer("a verify message does not fit in a frame")
         }
-        guard w.semaphore.wait(timeout: .now() + .milliseconds(Self.answerTimeoutMs)) == .success,
-              let answer = lock.withLock({ w.answer })
-        else {
-            throw VerifyError.peer("the peer did not answer within \(Self.answerTimeoutMs / 1000) s")
+        var waitedMs = 0
+        while w.semaphore.wait(timeout: .now() + .milliseconds(Self.connectionCheckMs)) != .success {
+            waitedMs += Self.connectionCheckMs
+            let s = link.status
+            if !s.connected || s.epoch != epoch { throw VerifyError.peer("the connection to the peer ended") }
+            if waitedMs >= Self.answerTimeoutMs { throw VerifyError.peer("the peer did not answer within \(Self.answerTimeoutMs / 1000) s") }
         }
+        guard let answer = lock.withLock({ w.answer }) else { throw VerifyError.peer("the peer's answer was lost") }
         return answer
     }
+
+    static let connectionCheckMs = 250
 
     // MARK: VerifyPeer
 

@@ -83,7 +83,8 @@ public struct NoPrediction: PredictionPolicy {
 
 /// Sequential-window growth, whole small files, next inode numbers.
 public struct StandardPrediction: PredictionPolicy {
-    /// First window (tracks ahead) for a new stream, doubled on each sequential continuation up to the maximum.
+    /// First window (tracks ahead) for a new stream (at least the length of the write that starts it), doubled each
+    /// time the writer uses a window up, up to the maximum.
     public var initialWindowTracks: UInt64
     public var maxWindowTracks: UInt64
     /// Files of at most this many tracks are marked whole (with their inode record) on the first write.
@@ -104,22 +105,40 @@ public struct StandardPrediction: PredictionPolicy {
 
     public mutating func predict(needed: [Location], hint: PredictionHint, into: inout [Location]) {
         var markedRecord = false
-        for loc in needed {
+        var i = 0
+        while i < needed.count {
+            let loc = needed[i]
+            i += 1
             guard let t = loc.trackIndex else { markedRecord = true; continue }
             if let n = hint.fileTrackCount, n <= smallFileTracks {
                 // Small file: the rest of it and its record will be written soon (editors, cp, tar).
                 into.append(.inode(loc.ino))
-                for i in 0..<n where i != t { into.append(.track(loc.ino, i)) }
+                for k in 0..<n where k != t { into.append(.track(loc.ino, k)) }
                 continue
             }
-            // Sequential stream: a write right where the last window ended doubles the window.
-            var window = initialWindowTracks
-            if let i = streams.firstIndex(where: { $0.ino == loc.ino }) {
-                let s = streams.remove(at: i)
-                if t >= s.nextTrack &- s.window && t <= s.nextTrack { window = min(s.window &* 2, maxWindowTracks) }
+            // The run of consecutive tracks this operation needs from `t` is one step of a stream, however many
+            // tracks it spans: a single large write must not double the window once per track (a random writer of
+            // 1 MiB blocks would mark the maximum window on every write).
+            var last = t
+            while i < needed.count, needed[i].ino == loc.ino, let u = needed[i].trackIndex, u == last &+ 1 {
+                last = u
+                i += 1
             }
-            let end = t &+ 1 &+ window
-            for i in (t &+ 1)..<end { into.append(.track(loc.ino, i)) }
+            let runTracks = last &- t &+ 1
+            var window = max(initialWindowTracks, runTracks)
+            if let k = streams.firstIndex(where: { $0.ino == loc.ino }) {
+                let s = streams.remove(at: k)
+                if t == s.nextTrack {
+                    // The writer used the whole window up: the next one doubles.
+                    window = min(max(s.window, runTracks) &* 2, max(maxWindowTracks, runTracks))
+                } else if t >= s.nextTrack &- s.window && t < s.nextTrack {
+                    // Inside the window: part of it went back (released cold, refused, pulled by the peer). The
+                    // stream goes on with the same window; doubling here would mark more of what is given back.
+                    window = max(s.window, runTracks)
+                }
+            }
+            let end = last &+ 1 &+ window
+            for k in (last &+ 1)..<end { into.append(.track(loc.ino, k)) }
             streams.append(Stream(ino: loc.ino, nextTrack: end, window: window))
             if streams.count > maxStreams { streams.removeFirst() }
         }

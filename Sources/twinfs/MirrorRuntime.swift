@@ -44,7 +44,14 @@ final class MirrorRuntime: @unchecked Sendable {
             entries: entries, clockReservation: saved.clockReservation, incarnation: incarnation, joining: saved.joining)
         joining = saved.joining
         store.database.releaseStatements()
-        let config = MirrorConfig(node: me, peer: peer, peerTimeoutTicks: Tick(peerTimeoutMs))
+        // Marks as long as the prediction's largest window; tokens released after 10 s unused (ticks are ms),
+        // so a writer slower than its window (a long sequential window, a create burst across many directories)
+        // does not see its tokens go back before it reaches them; 128 pushes (8 MiB) in flight, so a sync of the
+        // peer's store taking longer than a round trip does not leave the link idle (Docs/PERFORMANCE.md, "Two nodes").
+        let config = MirrorConfig(node: me, peer: peer, peerTimeoutTicks: Tick(peerTimeoutMs),
+                                  maxInFlightPushes: 128,
+                                  maxMarkItems: FilesystemPrediction.maxMarkItems,
+                                  release: ReleasePolicy(coldAfterTicks: 10_000))
         volume.fsyncMirror = fsyncMirror
         let box = LinkBox()
         shell = MirrorShell(volume: volume, config: config, prediction: FilesystemPrediction(), recovered: recovered) { message, epoch in

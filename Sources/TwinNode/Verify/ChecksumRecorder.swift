@@ -15,7 +15,12 @@ final class ChecksumRecorder: @unchecked Sendable {
         var sum: [UInt8]
         /// Read to be sent (a same-version row recorded before is kept and compared); false: stored from the peer.
         var sent: Bool
+        /// The image is of a deleted inode: the rows of its tracks are forgotten (nothing can vouch for them again).
+        var deletesInode: Bool
     }
+
+    /// The image of an inode that does not exist (InodeImage(record: nil)).
+    private static let deletedInodeImage = InodeImage(record: nil).encoded()
 
     /// Executor-only.
     private var rows: [Row] = []
@@ -39,7 +44,8 @@ final class ChecksumRecorder: @unchecked Sendable {
     private func add(_ location: Location, _ image: LocationImage, sent: Bool) {
         guard image.version != 0, rows.count < Self.maxRowsPerRound else { return }
         let l = StoreLocation(location)
-        rows.append(Row(location: l, version: image.version, sum: Store.checksum(of: image.bytes, at: l), sent: sent))
+        rows.append(Row(location: l, version: image.version, sum: Store.checksum(of: image.bytes, at: l), sent: sent,
+                        deletesInode: location.isInodeRecord && image.bytes == Self.deletedInodeImage))
     }
 
     /// Executor, at the end of a round: one transaction for the round's rows. A read whose sum disagrees with
@@ -53,6 +59,7 @@ final class ChecksumRecorder: @unchecked Sendable {
             try volume.withVolumeLock { store in
                 try store.database.transaction {
                     for r in batch {
+                        if r.deletesInode { try store.forgetChecksums(ino: r.location.ino) }
                         if r.sent {
                             if try !store.recordChecksum(r.location, version: r.version, sum: r.sum) {
                                 corrupt.append((r.location, (try? store.path(of: r.location.ino)).flatMap { $0 } ?? "(inode \(r.location.ino), no path)"))

@@ -55,9 +55,29 @@ public enum FSError: Error, Equatable, CustomStringConvertible {
     case system(Int32)
 
     public var description: String {
+        // Spelled out: `"\(self)"` here called this property again, without end (the daemon died of a stack
+        // overflow the first time it logged an FSError, e.g. ENOSPC applying the peer's data on a full disk).
         switch self {
         case .system(let code): return String(cString: strerror(code))
-        default: return "\(self)"
+        case .mirror(let why): return "mirror: \(why)"
+        case .notFound: return "notFound"
+        case .exists: return "exists"
+        case .notDirectory: return "notDirectory"
+        case .isDirectory: return "isDirectory"
+        case .notEmpty: return "notEmpty"
+        case .nameTooLong: return "nameTooLong"
+        case .noSpace: return "noSpace (no space left on device)"
+        case .io: return "io"
+        case .invalid: return "invalid"
+        case .notPermitted: return "notPermitted"
+        case .accessDenied: return "accessDenied"
+        case .notSupported: return "notSupported"
+        case .noAttribute: return "noAttribute"
+        case .range: return "range"
+        case .badHandle: return "badHandle"
+        case .tooManyLinks: return "tooManyLinks"
+        case .fileTooBig: return "fileTooBig"
+        case .crossDevice: return "crossDevice"
         }
     }
 

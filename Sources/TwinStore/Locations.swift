@@ -214,8 +214,14 @@ extension Store {
             guard image.bytes.count <= length else { throw LocationImageError.tooLarge }
             let fd = try openData(ino, create: true)
             defer { Glibc.close(fd) }
-            let written = image.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, image.bytes.count, off_t(offset)) }
-            guard written == image.bytes.count else { throw FSError.fromErrno() }
+            var written = 0
+            while written < image.bytes.count {
+                // A short write (the disk filled midway) is retried for the rest, so a failure reports its own errno
+                // (ENOSPC), not whatever an earlier call left in errno.
+                let n = image.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + written, image.bytes.count - written, off_t(offset) + off_t(written)) }
+                guard n > 0 else { throw n == 0 ? FSError.noSpace : FSError.fromErrno() }
+                written += n
+            }
             // The rest of the track is zeros in the image: make it a hole here too (never beyond the file's end).
             let rest = UInt64(length - image.bytes.count)
             if rest > 0 {

@@ -166,9 +166,18 @@ extension Volume {
     func mirrorApply(_ location: Location, _ image: LocationImage, force: Bool) throws -> UInt64 {
         try lock.withLock {
             defer { store.database.releaseStatements() }
-            return try store.withReserveOnFullDisk {
-                try store.database.transaction { try store.applyLocation(StoreLocation(location), image, force: force) }
+            // The peer's track data never use the space reserve: it is there so that metadata (bitmap persists,
+            // records, deletions) can still be written on a full disk to free space again. Spent on data, it left a
+            // full node unable to persist a mark, so not even `rm` through the mount could give space back. A track
+            // that does not fit waits in the shell's retry queue instead.
+            // The same for the free space left: the peer's data stop short of the last `reserveBytes`, which stay
+            // for this node's own metadata once the reserve file itself has been given back.
+            let apply = { [store] in try store.database.transaction { try store.applyLocation(StoreLocation(location), image, force: force) } }
+            if location.isInodeRecord { return try store.withReserveOnFullDisk(apply) }
+            if let st = try? store.backingStatistics(), UInt64(st.f_bavail) * UInt64(st.f_frsize) < UInt64(Store.reserveBytes) {
+                throw FSError.noSpace
             }
+            return try apply()
         }
     }
 

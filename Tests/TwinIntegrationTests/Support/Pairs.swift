@@ -47,6 +47,28 @@ final class ProxyProcess {
     }
 }
 
+/// A shell command started in the background (a reader or writer that may block on the peer).
+final class BackgroundCommand {
+    let process = Process()
+    let started = Date()
+    private let out = Pipe(), err = Pipe()
+    init(_ script: String) throws {
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script]
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+    }
+    /// Waits for the end: exit status, stdout, stderr and how long it ran.
+    func finish() -> (status: Int32, stdout: String, stderr: String, seconds: Double) {
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self),
+                Date().timeIntervalSince(started))
+    }
+}
+
 struct Pair {
     var storeA: String
     var storeB: String
@@ -66,7 +88,8 @@ class PairTestCase: MountingTestCase {
     }
 
     /// Inits both stores of a pair; with `delayMs`, each node dials its peer through a delaying proxy.
-    func initPair(delayMs: Int? = nil, secret: String = "pair-secret") throws -> (String, String) {
+    /// `storeA`: where node A's store goes (default: `a` in the scratch directory), e.g. on a small filesystem.
+    func initPair(delayMs: Int? = nil, secret: String = "pair-secret", storeA: String? = nil) throws -> (String, String) {
         let secretPath = path(secret)
         if !FileManager.default.fileExists(atPath: secretPath) {
             FileManager.default.createFile(atPath: secretPath, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
@@ -81,7 +104,7 @@ class PairTestCase: MountingTestCase {
             proxies.append(try ProxyProcess(listenPort: peerOfA, targetPort: portB, delayMs: delayMs))
             proxies.append(try ProxyProcess(listenPort: peerOfB, targetPort: portA, delayMs: delayMs))
         }
-        let a = path("a"), b = path("b")
+        let a = storeA ?? path("a"), b = path("b")
         XCTAssertSucceeds(Commands.twinfs([
             "init", a, "--node", "alpha", "--node-id", "1", "--listen", "127.0.0.1:\(portA)", "--peer", "127.0.0.1:\(peerOfA)",
             "--secret-file", secretPath,
@@ -94,8 +117,8 @@ class PairTestCase: MountingTestCase {
     }
 
     /// A connected pair: both daemons mounted and each reporting its peer connected.
-    func startPair(delayMs: Int? = nil, options: [String] = ["allow_other"]) throws -> Pair {
-        let (sa, sb) = try initPair(delayMs: delayMs)
+    func startPair(delayMs: Int? = nil, options: [String] = ["allow_other"], storeA: String? = nil) throws -> Pair {
+        let (sa, sb) = try initPair(delayMs: delayMs, storeA: storeA)
         let a = try mount(sa, at: "mnt-a", options: options)
         let b = try mount(sb, at: "mnt-b", options: options)
         try waitConnected(a)
@@ -156,6 +179,44 @@ class PairTestCase: MountingTestCase {
         for proxy in proxies { proxy.heal() }
         try waitConnected(p.a)
         try waitConnected(p.b)
+    }
+
+    /// Keeps this node's write tokens for `files` while the link is cut: a node gives back tokens it has not used
+    /// for a second or two (only while connected), so a test that wants a node to hold files during a partition
+    /// keeps rewriting one byte per track of them until the cut is complete. `body` runs once every track was
+    /// written at least once; the keeper stops after it and must not have failed.
+    func holdingTokens(_ files: [String], trackBytes: Int, _ body: () throws -> Void) throws {
+        let script = path("keeper.py"), stop = path("keeper.stop"), ready = path("keeper.ready")
+        try #"""
+            import os, sys, time
+            stop, ready, track = sys.argv[1], sys.argv[2], int(sys.argv[3])
+            first = True
+            while not os.path.exists(stop):
+                for f in sys.argv[4:]:
+                    fd = os.open(f, os.O_WRONLY)
+                    for offset in range(0, os.fstat(fd).st_size, track):
+                        os.pwrite(fd, b"k", offset)
+                    os.close(fd)
+                if first:
+                    open(ready, "w").close()
+                    first = False
+                time.sleep(0.05)
+            """#.write(toFile: script, atomically: true, encoding: .utf8)
+        let keeper = try BackgroundCommand(([ "python3", script, stop, ready, "\(trackBytes)"] + files).map(quote).joined(separator: " "))
+        var result: Result<Void, Error> = .success(())
+        do {
+            try waitUntil("the keeper wrote every track once") {
+                if !keeper.process.isRunning { throw MountError(description: "the token keeper ended early") }
+                return FileManager.default.fileExists(atPath: ready)
+            }
+            try body()
+        } catch {
+            result = .failure(error)
+        }
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
+        let r = keeper.finish()
+        XCTAssertEqual(r.status, 0, "the token keeper failed: \(r.stderr)")
+        try result.get()
     }
 
     func peer(_ m: TwinMount) throws -> [String: Any] { try status(m)["peer"] as? [String: Any] ?? [:] }

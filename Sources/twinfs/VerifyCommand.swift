@@ -47,11 +47,16 @@ struct VerifyCommand: ParsableCommand {
             writeStderr("twinfs: a verify was already running on \(path); waiting for its report\n")
         }
         var report: [String: Any]
+        let showProgress = isatty(2) != 0
         while true {
             report = try Self.ask(path, "verify report")
             if (report["runs"] as? Int ?? 0) >= run, report["active"] as? Bool == false, report["finished"] as? Bool == true { break }
+            if showProgress {
+                writeStderr("\rverify: \(report["checked"] as? Int ?? 0)/\(report["total"] as? Int ?? 0) locations, \(report["differences"] as? Int ?? 0) differences ")
+            }
             usleep(Self.pollMs * 1000)
         }
+        if showProgress { writeStderr("\r\u{1B}[K") }
         if json {
             print(String(decoding: try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys]), as: UTF8.self))
         } else {

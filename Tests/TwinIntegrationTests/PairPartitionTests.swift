@@ -36,11 +36,13 @@ final class PairPartitionTests: PairTestCase {
         // A read of what the peer changed last waits, shows in status while it waits, and fails with EIO.
         let read = try BackgroundCommand("cat \(A)/a/peerfile")
         var seenBlocked: [String: Any] = [:]
+        var seenText: CommandResult?
         try waitUntil("A's status shows the blocked read", timeoutSeconds: 10) {
             let s = try status(p.a)
             let blocked = (s["mirror"] as? [String: Any])?["blocked"] as? [String: Any] ?? [:]
             if (blocked["operations"] as? Int ?? 0) >= 1 && (blocked["oldestMs"] as? Int ?? 0) > 0 {
                 seenBlocked = s
+                seenText = Commands.twinfs(["status", p.a.mountpoint])
                 return true
             }
             return false
@@ -60,9 +62,10 @@ final class PairPartitionTests: PairTestCase {
         XCTAssertFalse((seenPeer["lastError"] as? String ?? "").isEmpty, "why the link is down: \(seenPeer)")
         XCTAssertGreaterThan(seenMirror["oos"] as? Int ?? 0, 0, "A2 waits to be copied: \(seenMirror)")
         XCTAssertGreaterThan(seenMirror["oosBytesUpperBound"] as? Int ?? 0, 0)
-        let text = Commands.twinfs(["status", p.a.mountpoint])
-        XCTAssertTrue(text.stdout.contains("NOT CONNECTED for"), "\(text)")
-        XCTAssertTrue(text.stdout.contains("blocked:"), "\(text)")
+        let text = seenText?.stdout ?? ""
+        print("status of A while its read waited:\n\(text)")
+        XCTAssertTrue(text.contains("NOT CONNECTED for"), text)
+        XCTAssertTrue(text.contains("blocked:") && text.contains("operations waiting (oldest"), text)
 
         // A write to a file the peer holds waits and fails with EIO too, on either node; nothing changes.
         let write = try BackgroundCommand("echo X >> \(B)/a/peerfile")

@@ -122,6 +122,10 @@ public final class MirrorNode {
     /// uncompared location whose stale, higher version would beat the peer's copy.
     var joinCompletionDeferred = false
     var adoptPending: Set<Location> = []
+    /// Extra `hardenFirst` locations for the next batch (the promotion's unsynced backlog).
+    var hardenAlso: [Location] = []
+    /// Adopting: the peer's data waiting for the check of our copy (`issuePeerWrite`), in arrival order.
+    var adoptQueue: [Location: [(token: UInt64, payload: Payload, version: Version)]] = [:]
 
     func noteHandedBack(_ l: Location) {
         if answeredAway.count < maxTrackedReleases { answeredAway.insert(l) }
@@ -161,6 +165,8 @@ public final class MirrorNode {
         case push(Location, epoch: UInt64, gen: UInt64)
         case answer(Location, pullID: UInt64, epoch: UInt64, gen: UInt64)
         case markData(Location, reply: UInt64, epoch: UInt64, gen: UInt64)
+        /// Adopting: our copy's version, read before the peer's data for an untrusted location land.
+        case adoptCheck(Location)
     }
     enum WriteKind { case answer(clearsMOOS: Bool), push(durable: Bool), markData(markID: UInt64) }
     struct PendingWrite {
@@ -311,6 +317,7 @@ public final class MirrorNode {
             if v == .none || v == .moos { harden.append(l) }
         }
         dirty.removeAll(keepingCapacity: true)
+        if !hardenAlso.isEmpty { harden.append(contentsOf: hardenAlso); hardenAlso = [] }
         if let r = wantReservation { reservationInFlight = (r, t); wantReservation = nil }
         out.append(.persist(CompletionToken(t), PersistBatch(
             entries: entries, clockReservation: reservationInFlight?.token == t ? reservationInFlight!.value : nil,
@@ -588,25 +595,7 @@ public final class MirrorNode {
         if bits.oos(l) { enqueuePush(l) }
         // The starved read is done (or no longer next for `l`): forget it, so the set stays bounded by waiting reads.
         if !starvedReads.isEmpty && starvedReads.contains(l) && !readAwaitsAnswer(l) { starvedReads.remove(l) }
-        if let ds = deferred.at(l), !blocked(l) {
-            deferred[l] = nil
-            let holdMarks = starvedReadAwaitsAnswer(l)
-            for d in ds {
-                switch d {
-                case .pull(let id, let force):
-                    // A deferred pull may predate the peer's grant that gave us this MOS: its answer then cannot
-                    // clear the peer's MOOS (race 1). An answer to a pull received while we held the token can.
-                    let held = bits.token(l) == .mos
-                    answerPull(l, pullID: id, forceData: force)
-                    if held && bits.token(l) != .mos { noteHandedBack(l) }
-                case .mark(let id, let item):
-                    if holdMarks { deferred[l, default: []].append(d); continue }
-                    var reply = PendingReply(id: id, epoch: epoch)
-                    grantOrRefuse(item, &reply)
-                    finishReply(reply)
-                }
-            }
-        }
+        serveDeferred(l)
         guard var lk = locks[l] else { return }
         if lk.holders.isEmpty && lk.waiters.isEmpty { locks[l] = nil; return }
         var woken: [OperationID] = []
@@ -626,6 +615,58 @@ public final class MirrorNode {
             ops[w]?.holdsCurrent = true
             advance(w)
         }
+    }
+
+    /// Peer requests deferred for `l`, once nothing holds them back (a local operation past `l`, a landing adoption).
+    func serveDeferred(_ l: Location) {
+        guard let ds = deferred.at(l), !blocked(l), !adoptionLanding(l) else { return }
+        deferred[l] = nil
+        let holdMarks = starvedReadAwaitsAnswer(l)
+        for d in ds {
+            switch d {
+            case .pull(let id, let force):
+                // A deferred pull may predate the peer's grant that gave us this MOS: its answer then cannot
+                // clear the peer's MOOS (race 1). An answer to a pull received while we held the token can.
+                let held = bits.token(l) == .mos
+                answerPull(l, pullID: id, forceData: force)
+                if held && bits.token(l) != .mos { noteHandedBack(l) }
+            case .mark(let id, let item):
+                if holdMarks { deferred[l, default: []].append(d); continue }
+                var reply = PendingReply(id: id, epoch: epoch)
+                grantOrRefuse(item, &reply)
+                finishReply(reply)
+            }
+        }
+    }
+
+    /// Adopting: the peer's copy of an untrusted location is being written; what we would say about our copy now (an
+    /// empty version-zero answer) would be wrong once it has landed, so peer requests wait for the landing.
+    @inline(__always) func adoptionLanding(_ l: Location) -> Bool {
+        adopting && receiving.at(l) != nil && adoptsPeerCopy(l)
+    }
+
+    /// Writes the peer's data for `l` (the caller recorded `writes[t]`). Adopting, on a location not compared since the
+    /// rejoin, our copy is first read: if it is our own write from before the demotion (our node in its version) the
+    /// peer's copy replaces it whatever the versions (section 13); a copy stamped by the peer is a replica of the
+    /// peer's data (possibly newer than what the peer holds now, if it lost unsynced writes), compared by version as
+    /// usual. Later copies for `l` queue behind the check, so that they reach the store in arrival order.
+    func issuePeerWrite(_ t: UInt64, _ l: Location, _ p: Payload, _ v: Version) {
+        if adoptQueue.at(l) != nil {
+            adoptQueue[l]!.append((t, p, v))
+        } else if rules.ignoreStalePushes && adoptsPeerCopy(l) && receiving.at(l) == nil {
+            let r = newToken()
+            reads[r] = .adoptCheck(l)
+            adoptQueue[l] = [(t, p, v)]
+            out.append(.storeRead(CompletionToken(r), l))
+        } else {
+            out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: true))
+        }
+        receiving[l, default: 0] += 1
+    }
+
+    /// Adopting: our copy of `l` (read as `v`) is untrusted if we stamped it ourselves before the rejoin.
+    @inline(__always) func ownStaleCopy(_ l: Location, _ v: Version) -> Bool {
+        v.node == config.node && adoptsPeerCopy(l)
     }
 
     /// A location is blocked for the peer while a local operation holds it and is past it (granted, waiting for
@@ -780,7 +821,7 @@ public final class MirrorNode {
         case .markReply(let r): receiveMarkReply(r)
         case .pull(let p):
             for l in p.locations {
-                if blocked(l) {
+                if blocked(l) || adoptionLanding(l) {
                     deferred[l, default: []].append(.pull(id: p.id, forceData: p.forceData))
                 } else {
                     answerPull(l, pullID: p.id, forceData: p.forceData)
@@ -792,9 +833,7 @@ public final class MirrorNode {
             observe(clock: p.version.counter)
             let t = newToken()
             writes[t] = PendingWrite(location: p.location, version: p.version, kind: .push(durable: p.durable))
-            receiving[p.location, default: 0] += 1
-            out.append(.storeWrite(CompletionToken(t), p.location, p.payload, p.version,
-                                   onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(p.location), sync: true))
+            issuePeerWrite(t, p.location, p.payload, p.version)
         case .release(let r):
             counters.releasesReceived += r.locations.count
             // An uncompared copy keeps its MOOS: it must fetch the peer's data before serving (finding 10).
@@ -812,7 +851,7 @@ public final class MirrorNode {
         observe(clock: m.clock)
         var reply = PendingReply(id: m.id, epoch: epoch)
         for item in m.items {
-            if blocked(item.location) || starvedReadAwaitsAnswer(item.location) {
+            if blocked(item.location) || starvedReadAwaitsAnswer(item.location) || adoptionLanding(item.location) {
                 deferred[item.location, default: []].append(.mark(id: m.id, item: item))
             } else {
                 grantOrRefuse(item, &reply)
@@ -844,10 +883,7 @@ public final class MirrorNode {
         touch(l, before)
         grantsUnsent[l, default: 0] += 1
         if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
-        if item.needData && (bits.oos(l) || item.forceData) && adoptsPeerCopy(l) {
-            // Adopting: our copy is untrusted; version zero makes the marker keep its own (section 13).
-            reply.granted.append(MarkGrant(location: l, data: Payload([]), version: .zero))
-        } else if item.needData && (bits.oos(l) || item.forceData) {
+        if item.needData && (bits.oos(l) || item.forceData) {
             let t = newToken()
             reads[t] = .markData(l, reply: nextReplyKey, epoch: epoch, gen: beginSend(l))
             reply.readsOutstanding += 1
@@ -913,9 +949,7 @@ public final class MirrorNode {
                 observe(clock: v.counter)
                 let t = newToken()
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .push(durable: false))
-                receiving[g.location, default: 0] += 1
-                out.append(.storeWrite(CompletionToken(t), g.location, data, v,
-                                       onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(g.location), sync: true))
+                issuePeerWrite(t, g.location, data, v)
             }
         }
         guard var om = outMarks[r.id] else { return }
@@ -928,9 +962,7 @@ public final class MirrorNode {
                 markOf[g.location] = nil
                 landing[g.location] = r.id
                 writes[t] = PendingWrite(location: g.location, version: v, kind: .markData(markID: r.id))
-                receiving[g.location, default: 0] += 1
-                out.append(.storeWrite(CompletionToken(t), g.location, data, v,
-                                       onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(g.location), sync: true))
+                issuePeerWrite(t, g.location, data, v)
             } else {
                 takeToken(g.location, markID: r.id, om: &om)
                 woken.append(g.location)
@@ -993,12 +1025,7 @@ public final class MirrorNode {
             }
         }
         touch(l, before)
-        if (bits.oos(l) || forceData) && adoptsPeerCopy(l) {
-            // Adopting: our copy is untrusted and never read; version zero makes the puller keep its own (section 13).
-            counters.pullAnswersData += 1
-            out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(Payload([]), .zero),
-                                                    prefetched: prefetched, clock: clock, pullID: pullID))))
-        } else if bits.oos(l) || forceData {
+        if bits.oos(l) || forceData {
             let t = newToken()
             reads[t] = .answer(l, pullID: pullID, epoch: epoch, gen: beginSend(l))
             answering[l, default: 0] += 1
@@ -1054,9 +1081,7 @@ public final class MirrorNode {
             // Only an answer we are waiting for (or a prefetch, sent as the peer gave MOS up) clears MOOS.
             let clears = (a.pullID != 0 && pulls[l] == a.pullID) || a.prefetched
             writes[t] = PendingWrite(location: l, version: v, kind: .answer(clearsMOOS: clears))
-            receiving[l, default: 0] += 1
-            out.append(.storeWrite(CompletionToken(t), l, p, v,
-                                   onlyIfNewer: rules.ignoreStalePushes && !adoptsPeerCopy(l), sync: true))
+            issuePeerWrite(t, l, p, v)
         }
     }
 
@@ -1098,6 +1123,13 @@ public final class MirrorNode {
     func readDone(_ t: UInt64, _ p: Payload, _ v: Version) {
         guard let r = reads.removeValue(forKey: t) else { return }
         switch r {
+        case .adoptCheck(let l):
+            guard let queued = adoptQueue.removeValue(forKey: l) else { return }
+            let replace = ownStaleCopy(l, v)
+            for (i, w) in queued.enumerated() {
+                out.append(.storeWrite(CompletionToken(w.token), l, w.payload, w.version,
+                                       onlyIfNewer: !(replace && i == 0), sync: true))
+            }
         case .push(let l, let ep, let gen):
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
@@ -1117,6 +1149,8 @@ public final class MirrorNode {
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch && connected {
+                // Adopting: our own pre-demotion copy is never sent; version zero makes the peer keep its own.
+                let (p, v) = ownStaleCopy(l, v) ? (Payload([]), Version.zero) : (p, v)
                 e.lastSent = v
                 e.sentGen = gen
                 counters.pullAnswersData += 1
@@ -1128,6 +1162,7 @@ public final class MirrorNode {
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch, var reply = replies[key] {
+                let (p, v) = ownStaleCopy(l, v) ? (Payload([]), Version.zero) : (p, v)
                 e.lastSent = v
                 e.sentGen = gen
                 reply.readsOutstanding -= 1
@@ -1189,6 +1224,7 @@ public final class MirrorNode {
         }
         if bits.oos(l) { enqueuePush(l) }
         wake(l)
+        if receiving.at(l) == nil && deferred.at(l) != nil { serveDeferred(l) }
         if joinCompletionDeferred && !adoptPending.isEmpty && adoptPending.remove(l) != nil && adoptPending.isEmpty {
             completeJoin()
         }
@@ -1471,7 +1507,7 @@ public final class MirrorNode {
         deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
         releaseScan = []; leaving = false; releasedOnConnection = []; releaseResend = []; answeredAway = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         sole = fresh.sole; soleToken = 0; soleChange = nil; soleTaken = []; adopting = fresh.adopting
-        joinCompletionDeferred = false; adoptPending = []
+        joinCompletionDeferred = false; adoptPending = []; hardenAlso = []; adoptQueue = [:]
         oosNonEmptySince = now
     }
 

@@ -63,6 +63,9 @@ extension MirrorNode {
                 bits.setToken(l, .none)
             }
         }
+        // Our unacknowledged writes may be durable only in the peer's store, which a demoted peer will no longer trust
+        // (its copies are replaced by ours): they become durable here before the promotion is.
+        for l in Set(touched).sorted() where bits.oos(l) { hardenAlso.append(l) }
         // Every touched location is written again (unchanged ones harmlessly): the batch says none for every MOOS.
         dirty.append(contentsOf: Set(touched).sorted())
         sole = true

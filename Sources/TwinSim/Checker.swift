@@ -95,7 +95,7 @@ public enum HistoryChecker {
             }
         }
 
-        for op in history.ops where op.outcome == .ok {
+        for op in history.ops where op.outcome == .ok && !op.readsUnchecked {
             guard let end = op.completeUs else { continue }
             for (key, stamp) in op.reads.sorted(by: { $0.key < $1.key }) {
                 checkRead(key: key, observed: stamp, readStartUs: op.invokeUs, readEndUs: end,

@@ -50,6 +50,9 @@ public struct OpRecord: Sendable {
     public var rolledBack: [RegisterKey: SimTimeUs] = [:]
     /// Registers where a completed fsync (fsync=mirror) covered this write: no crash of any kind may lose it.
     public var synced: Set<RegisterKey> = []
+    /// Promotion runs: an operation of the demoted node invoked after the promotion ran in a world the promotion gave
+    /// up (its reads are not checked; its writes are forgiven as expected losses, PROTOCOL.md section 13).
+    public var readsUnchecked = false
 }
 
 public struct History: Sendable {
@@ -75,6 +78,8 @@ public struct History: Sendable {
     public mutating func forgive(_ id: Int, _ key: RegisterKey, atUs: SimTimeUs) { ops[id].rolledBack[key] = atUs }
 
     public mutating func markSynced(_ id: Int, _ key: RegisterKey) { ops[id].synced.insert(key) }
+
+    public mutating func uncheckReads(_ id: Int) { ops[id].readsUnchecked = true }
 
     public func op(_ id: Int) -> OpRecord { ops[id] }
     public var pendingIDs: [Int] { ops.filter { $0.outcome == .pending }.map(\.id) }

@@ -38,6 +38,10 @@ public struct SimMetrics: Sendable {
     public var predictedLocations = 0
     public var pushes = 0
     public var prefetches = 0
+    /// Promotion runs: registers whose completed writes the promotion gave up (the demoted node's unreplicated writes,
+    /// which the shell preserves as conflict copies), and the promotions and demotions done.
+    public var conflicts = 0
+    public var promotions = 0
 
     public init() {}
 
@@ -51,6 +55,7 @@ public struct SimMetrics: Sendable {
         cacheHits += o.cacheHits; coreOperationsGranted += o.coreOperationsGranted
         coreOperationsWithRoundTrip += o.coreOperationsWithRoundTrip; coreRoundTrips += o.coreRoundTrips
         predictedLocations += o.predictedLocations; pushes += o.pushes; prefetches += o.prefetches
+        conflicts += o.conflicts; promotions += o.promotions
     }
 
     public mutating func absorb(_ c: MirrorCounters) {

@@ -43,6 +43,12 @@ public struct SimOptions: Sendable {
     /// Leaving (PROTOCOL.md "Leaving"): node A steps `leaveRequested` when healing begins (or when it restarts
     /// during healing); the final checks then want A without MOS and, if A never crashed, B without MOOS.
     public var leave = false
+    /// Promotion (PROTOCOL.md section 13): once a quarter of the operations are issued the link is cut for good; a
+    /// little later node A is promoted (it serves alone) while B's clients keep writing what B holds; once two thirds
+    /// are issued (or when healing begins) B is demoted: its mirror state is wiped and it restarts joining and
+    /// adopting, then walks everything. B's writes that A lacked are expected losses (the conflicts the shell
+    /// preserves); every other check applies, and no final value may be one of those lost writes.
+    public var promote = false
     public init() {}
 }
 
@@ -74,6 +80,9 @@ public final class Simulation {
         case reconnect
         /// The joining node's walk reads its next location.
         case fillNext(node: Int, incarnation: UInt64)
+        /// Promotion runs: promote A, demote B (retried while the node concerned is down).
+        case promote
+        case demote
     }
 
     struct Node {
@@ -135,6 +144,14 @@ public final class Simulation {
     var ioPending = 0
     /// Operations with a completed effect a power loss legitimately undid somewhere (written, never synced).
     public private(set) var rolledBackOps: [Int] = []
+    /// Promotion runs: where the scenario stands. While `split` (cut until B is demoted) the pair never reconnects and
+    /// the cross-node invariants do not apply (both sides hold tokens the other does not know about).
+    public enum PromotionStage: Sendable { case before, split, promoted, demoted }
+    public private(set) var promotionStage = PromotionStage.before
+    var split: Bool { promotionStage == .split || promotionStage == .promoted }
+    var promotedAtUs: SimTimeUs = 0
+    /// Per register, the stamps of completed writes the promotion gave up (must not be any final value).
+    var givenUp: [RegisterKey: Set<WriteStamp>] = [:]
 
     public init(config: SwarmConfig, options: SimOptions = SimOptions()) {
         var config = config
@@ -229,7 +246,8 @@ public final class Simulation {
         let image = nodes[node].store.persisted
         nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction(),
                                       recovered: RecoveredState(entries: [], clockReservation: image.clockReservation,
-                                                                incarnation: 0, joining: image.joining))
+                                                                incarnation: 0, joining: image.joining,
+                                                                sole: image.sole, adopting: image.adopting))
         log("\(nodeName(node)) boots")
         scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
     }
@@ -249,6 +267,7 @@ public final class Simulation {
         metrics.writtenTracks += op.writtenTracks(layout)
         metrics.writtenLocations += op.writes.count
         if let client { nodes[node].clientOps[client] = id }
+        if node == 1 && promotionStage == .promoted { history.uncheckReads(id) }
         log("\(nodeName(node)) op#\(id) \(op.label) stamp \(stamp)")
         // The kernel answers a read of cached locations itself; the daemon never sees it.
         if op.category == .fsync {
@@ -326,10 +345,11 @@ public final class Simulation {
         let image = nodes[node].store.persisted
         let entries = image.states.sorted { $0.key < $1.key }.map { PersistEntry($0.key, $0.value) }
         let recovered = RecoveredState(entries: entries, clockReservation: image.clockReservation,
-                                       incarnation: nodes[node].incarnation, joining: image.joining)
+                                       incarnation: nodes[node].incarnation, joining: image.joining,
+                                       sole: image.sole, adopting: image.adopting)
         nodes[node].core = MirrorNode(config: coreSetup.mirrorConfig(node: node), prediction: coreSetup.prediction(),
                                       recovered: recovered)
-        log("\(nodeName(node)) restarts (incarnation \(nodes[node].incarnation)) with \(entries.count) persisted entries, clock reservation \(image.clockReservation)")
+        log("\(nodeName(node)) restarts (incarnation \(nodes[node].incarnation)) with \(entries.count) persisted entries, clock reservation \(image.clockReservation)\(image.sole ? ", sole" : "")\(image.adopting ? ", adopting" : "")")
         scheduleTick(node, afterUs: options.tickPeriodUs, periodic: true)
         scheduleReconnect(afterUs: 1_000)
         if image.joining {
@@ -346,7 +366,7 @@ public final class Simulation {
     }
 
     public func connect() {
-        guard !network.isConnected, nodes.allSatisfy(\.isUp), network.canReconnect(nowUs: queue.nowUs) else { return }
+        guard !split, !network.isConnected, nodes.allSatisfy(\.isUp), network.canReconnect(nowUs: queue.nowUs) else { return }
         let epoch = network.connect(nowUs: queue.nowUs)
         log("connection up, epoch \(epoch)")
         for node in 0..<2 { step(node, .connectionUp(epoch: epoch)) }
@@ -445,6 +465,12 @@ public final class Simulation {
             let op = config.fsyncChance > 0 && fsyncRandom.chance(config.fsyncChance)
                 ? workload.fsync(node: node, &fsyncRandom) : workload.next(node: node, &clientRandom)
             issue(op, on: node, client: client)
+            if options.promote && promotionStage == .before && opsIssued >= max(1, config.operationCount / 4) {
+                cutForPromotion()
+            }
+            if options.promote && promotionStage == .promoted && opsIssued >= config.operationCount * 2 / 3 {
+                queue.schedule(afterUs: 1, .demote)
+            }
             if opsIssued == config.operationCount { startHealing() }
         case .faultTick:
             guard phase == .faulty else { return }
@@ -456,6 +482,10 @@ public final class Simulation {
         case .fillNext(let node, let incarnation):
             guard nodes[node].incarnation == incarnation else { return }
             fillNext(node)
+        case .promote:
+            promoteA()
+        case .demote:
+            demoteB()
         case .reconnect:
             reconnectScheduled = false
             if network.isConnected || !nodes.allSatisfy(\.isUp) { return }
@@ -500,15 +530,19 @@ public final class Simulation {
                 scheduleIo(node, .read(token.raw, data.payload, data.version))
             case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
                 let id = locationID(location)
+                let current = nodes[node].store.visible[id]
+                // Checked before decoding: an adopting peer's answer for a copy it does not trust is empty data of
+                // version zero, which `onlyIfNewer` always skips (PROTOCOL.md section 13).
+                if onlyIfNewer && current.version >= version {
+                    log("\(nodeName(node)) skips store write \(layout.name(id)) \(version): holds \(current.version)")
+                    scheduleIo(node, .write(token.raw, stored: current.version))
+                    continue
+                }
                 guard let data = LocationData(payload: payload, version: version, slots: layout.slotCounts[id]) else {
                     fail(.invariant, "\(nodeName(node)) wrote malformed data to \(location)")
                     continue
                 }
-                let current = nodes[node].store.visible[id]
-                if onlyIfNewer && current.version >= version {
-                    log("\(nodeName(node)) skips store write \(layout.name(id)) \(version): holds \(current.version)")
-                    scheduleIo(node, .write(token.raw, stored: current.version))
-                } else {
+                do {
                     log("\(nodeName(node)) store write #\(token.raw) \(layout.name(id)) := \(data)\(sync ? " sync" : "")")
                     nodes[node].store.issueWrite(token: token.raw, location: id, data, sync: sync, nowUs: queue.nowUs)
                     scheduleIo(node, .write(token.raw, stored: version))
@@ -738,12 +772,78 @@ public final class Simulation {
         healStartUs = queue.nowUs
         log("healing: no more faults or new operations")
         if options.leave && nodes[0].isUp { step(0, .leaveRequested) }
+        if options.promote {
+            if promotionStage == .before { cutForPromotion() }
+            if promotionStage == .split { promoteA() }
+            if promotionStage == .promoted { demoteB() }
+        }
         network.healPartition(nowUs: queue.nowUs)
         for node in 0..<2 where !nodes[node].isUp && !restartScheduled[node] {
             restartScheduled[node] = true
             queue.schedule(afterUs: 1, .restart(node: node))
         }
         scheduleReconnect(afterUs: 1)
+    }
+
+    // MARK: - Promotion runs (PROTOCOL.md section 13)
+
+    /// The link is cut for good: the operator will decide that B is gone.
+    func cutForPromotion() {
+        guard promotionStage == .before else { return }
+        promotionStage = .split
+        log("promotion: the link is cut until B is demoted")
+        disconnect(partitionUntilUs: nil, reason: "cut for the promotion")
+        queue.schedule(afterUs: 2_000 + faultRandom.uint64(0...20_000), .promote)
+    }
+
+    /// `twinfs promote` on A: the shell reports what A gives up, then steps `promoted`.
+    func promoteA() {
+        guard promotionStage == .split else { return }
+        guard let core = nodes[0].core, !network.isConnected else {
+            queue.schedule(afterUs: 5_000, .promote)
+            return
+        }
+        let losses = core.promotionLosses(limit: 8)
+        log("A is promoted; it gives up the peer's copy of \(losses.locations)\(losses.truncated ? "..." : "")\(losses.joiningIncomplete ? " and everything it never compared" : "")")
+        promotionStage = .promoted
+        promotedAtUs = queue.nowUs
+        metrics.promotions += 1
+        step(0, .promoted)
+        // Completed writes whose value only B holds (A never got it, or lost it in a power loss) are given up now.
+        for op in history.ops where op.outcome == .ok {
+            for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key })
+                where nodes[0].store.visible[key.location].slots[key.slot] != stamp
+                    && nodes[1].store.visible[key.location].slots[key.slot] == stamp {
+                giveUp(op.id, key, stamp)
+            }
+        }
+        if phase != .faulty { queue.schedule(afterUs: 1, .demote) }
+    }
+
+    /// The shell's demotion of B: stop it, wipe its mirror state (the data stay), restart it joining and adopting.
+    func demoteB() {
+        guard promotionStage == .promoted else { return }
+        if nodes[1].isUp { crash(1, kind: .processKill) }
+        nodes[1].store.demote()
+        promotionStage = .demoted
+        // Every write of B's that A lacks is lost to the promotion: the conflicts the shell preserves.
+        for op in history.ops where op.node == 1 {
+            for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key })
+                where nodes[0].store.visible[key.location].slots[key.slot] != stamp {
+                giveUp(op.id, key, stamp)
+            }
+        }
+        log("B is demoted: mirror state wiped, it rejoins adopting A's copy")
+        restart(1)
+    }
+
+    func giveUp(_ id: Int, _ key: RegisterKey, _ stamp: WriteStamp) {
+        guard givenUp[key]?.contains(stamp) != true else { return }
+        givenUp[key, default: []].insert(stamp)
+        guard history.op(id).outcome == .ok else { return }
+        history.forgive(id, key, atUs: promotedAtUs)
+        metrics.conflicts += 1
+        log("promotion: op#\(id)'s value of \(key) (stamp \(stamp)) is given up (a conflict copy)")
     }
 
     /// Healed and drained: connected, nothing in flight, no out-of-sync data on either node.
@@ -773,6 +873,14 @@ public final class Simulation {
                 invariantReported = true
                 fail(.invariant, "\(nodeName(x)) holds MOS and MOOS together for \(names(both))")
             }
+            if split {
+                // Promotion runs, until B is demoted: the two sides live apart on purpose; only self-checks apply.
+                if let core = nodes[x].core, !core.checkInvariants().isEmpty {
+                    invariantReported = true
+                    fail(.invariant, "\(nodeName(x)) core self-check: \(core.checkInvariants().prefix(3).joined(separator: "; "))")
+                }
+                continue
+            }
             // The peer's MOOS must be durable wherever this node holds MOS (PROTOCOL invariant; hazard 7).
             let peerStore = nodes[1 - x].store
             let unbacked = v.mos.filter { !peerStore.persisted.restoresMOOS(map[$0]) }
@@ -798,6 +906,10 @@ public final class Simulation {
                 let peerEntry = peerStore.persisted.states[location]
                 if peerStore.persisted.joining && (peerEntry == nil || superset(peerEntry))
                     && (nodes[1 - x].core?.comparesBeforeServing(location) ?? true) { continue }
+                // An adopting node's own copy that it has not compared since it rejoined is a write the promotion gave
+                // up: it is replaced by the peer's, never sent.
+                if store.persisted.adopting && store.persisted.states[location] == nil
+                    && (nodes[x].core?.comparesBeforeServing(location) ?? true) { continue }
                 let peerKnows = views[1 - x].map { $0.oos.contains(loc) } ?? true
                 if peerKnows && superset(peerStore.persisted.states[location]) { continue }
                 unprotected.insert(loc)
@@ -814,7 +926,7 @@ public final class Simulation {
                 }
             }
         }
-        if let a = views[0], let b = views[1] {
+        if !split, let a = views[0], let b = views[1] {
             let shared = a.mos.intersection(b.mos)
             if !shared.isEmpty {
                 invariantReported = true
@@ -865,6 +977,19 @@ public final class Simulation {
         for node in 0..<2 {
             for loc in 0..<layout.locationCount {
                 for (s, v) in nodes[node].store.visible[loc].slots.enumerated() { finals[node][RegisterKey(location: loc, slot: s)] = v }
+            }
+        }
+        if options.promote {
+            if promotionStage != .demoted { fail(.noProgress, "the promotion scenario did not reach the demotion") }
+            // The promoted node's data win: no register may end with a write the promotion gave up.
+            var resurrected: [String] = []
+            for node in 0..<2 {
+                for (key, value) in finals[node].sorted(by: { $0.key < $1.key }) where givenUp[key]?.contains(value) == true {
+                    resurrected.append("\(nodeName(node)) \(key)=\(value)")
+                }
+            }
+            if !resurrected.isEmpty {
+                fail(.lostWrite, "writes the promotion gave up came back over the promoted node's data: \(resurrected.prefix(4))")
             }
         }
         for v in HistoryChecker.check(history, finalValues: finals, finalTimeUs: queue.nowUs + 1) {

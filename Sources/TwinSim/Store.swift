@@ -42,11 +42,15 @@ public struct PersistedImage: Equatable, Sendable {
     public var clockReservation: UInt64 = 0
     /// A joining store (the shell's durable flag): set at creation, cleared with the batch that completes the join.
     public var joining = false
+    /// Promoted and no peer since (`PersistBatch.sole`), and demoted and rejoining (cleared with the join).
+    public var sole = false
+    public var adopting = false
     public init() {}
     public mutating func apply(_ batch: PersistBatch) {
         for e in batch.entries { states[e.location] = e.state == PersistedState.none ? nil : e.state }
         if let r = batch.clockReservation { clockReservation = r }
-        if batch.joinCompleted { joining = false }
+        if batch.joinCompleted { joining = false; adopting = false }
+        if let s = batch.sole { sole = s }
     }
     /// A restart from this image starts with MOOS at `l`: see `moos`; while joining also every location without an
     /// entry (the joining default).
@@ -96,6 +100,16 @@ public struct SimStore: Sendable {
         for (l, d) in populate { visible[l] = d; durable[l] = d }
         persisted.clockReservation = clockReservation
         persisted.joining = joining
+    }
+
+    /// What the shell does to a demoted node's store (PROTOCOL.md section 13): the mirror state is wiped and the store
+    /// rejoins, adopting the peer's copy; the data and the clock reservation stay.
+    public mutating func demote() {
+        precondition(persistInFlight.isEmpty, "demote a stopped node")
+        persisted.states = [:]
+        persisted.joining = true
+        persisted.adopting = true
+        persisted.sole = false
     }
 
     public mutating func addLocation(slots: Int) {

@@ -95,6 +95,8 @@ struct TwinfsSim: ParsableCommand {
     var joining = false
     @Flag(help: "Node A leaves (graceful stop) when healing begins; A must end without MOS and B without MOOS.")
     var leave = false
+    @Flag(help: "Promotion: the link is cut for good, A is promoted, B later demoted (wiped, rejoins adopting A's copy).")
+    var promote = false
     @Option(help: "Switch off one protocol rule (mutation testing): \(Rule.allCases.map(\.rawValue).joined(separator: ", ")).")
     var ruleOff: [Rule] = []
     @Option(help: "Override the prediction window (0: no prediction).") var window: Int?
@@ -113,6 +115,7 @@ struct TwinfsSim: ParsableCommand {
         o.kernelCache = !noKernelCache
         o.joining = joining
         o.leave = leave
+        o.promote = promote
         for r in ruleOff { r.switchOff(&o.rules) }
         if let window { o.adjustCore = { $0.predictionWindow = window } }
         return o

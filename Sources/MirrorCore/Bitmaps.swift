@@ -198,6 +198,22 @@ final class LocationBits {
         }
     }
 
+    /// Joining: every location compared so far.
+    func forEachCompared(_ body: (Location) -> Void) {
+        guard joining else { return }
+        for (ino, i) in index where slots[i].comparedCount > 0 {
+            let b = slots[i]
+            if b.recordCompared { body(.inode(ino)) }
+            for (w, word) in b.compared.enumerated() where word != 0 {
+                var m = word
+                while m != 0 {
+                    body(.track(ino, UInt64(w) * 64 + UInt64(m.trailingZeroBitCount)))
+                    m &= m - 1
+                }
+            }
+        }
+    }
+
     /// The join is complete: unknown locations read as none again; the compared bits are dropped.
     func endJoining() {
         guard joining else { return }

@@ -34,7 +34,6 @@ extension MirrorNode {
         for (_, r) in reads {
             switch r {
             case .push(let l, _, _), .answer(let l, _, _, _), .markData(let l, _, _, _): readsPerLocation[l, default: 0] += 1
-            case .adoptCheck: break
             }
         }
         for (l, e) in inFlight where e.reading != (readsPerLocation[l] ?? 0) {

@@ -124,8 +124,6 @@ public final class MirrorNode {
     var adoptPending: Set<Location> = []
     /// Extra `hardenFirst` locations for the next batch (the promotion's unsynced backlog).
     var hardenAlso: [Location] = []
-    /// Adopting: the peer's data waiting for the check of our copy (`issuePeerWrite`), in arrival order.
-    var adoptQueue: [Location: [(token: UInt64, payload: Payload, version: Version)]] = [:]
 
     func noteHandedBack(_ l: Location) {
         if answeredAway.count < maxTrackedReleases { answeredAway.insert(l) }
@@ -165,8 +163,6 @@ public final class MirrorNode {
         case push(Location, epoch: UInt64, gen: UInt64)
         case answer(Location, pullID: UInt64, epoch: UInt64, gen: UInt64)
         case markData(Location, reply: UInt64, epoch: UInt64, gen: UInt64)
-        /// Adopting: our copy's version, read before the peer's data for an untrusted location land.
-        case adoptCheck(Location)
     }
     enum WriteKind { case answer(clearsMOOS: Bool), push(durable: Bool), markData(markID: UInt64) }
     struct PendingWrite {
@@ -273,7 +269,12 @@ public final class MirrorNode {
             // entry; `completeJoin` writes those still uncompared as `contested` before the default ends.
             if bits.joining && !bits.isCompared(l) { return .none }
             return .moos
-        case .none: return (bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil || isUncompared(l)) ? .held : .none
+        case .none:
+            if bits.oos(l) || markOf.at(l) != nil || landing.at(l) != nil || isUncompared(l) { return .held }
+            // Adopting: a compared copy must stay trusted across a restart (a missing entry would make it untrusted
+            // again, and the peer may since have lost its own copy): `moos` restores as compared (section 13).
+            if adopting && bits.joining && bits.isCompared(l) { return .moos }
+            return .none
         }
     }
 
@@ -645,28 +646,13 @@ public final class MirrorNode {
         adopting && receiving.at(l) != nil && adoptsPeerCopy(l)
     }
 
-    /// Writes the peer's data for `l` (the caller recorded `writes[t]`). Adopting, on a location not compared since the
-    /// rejoin, our copy is first read: if it is our own write from before the demotion (our node in its version) the
-    /// peer's copy replaces it whatever the versions (section 13); a copy stamped by the peer is a replica of the
-    /// peer's data (possibly newer than what the peer holds now, if it lost unsynced writes), compared by version as
-    /// usual. Later copies for `l` queue behind the check, so that they reach the store in arrival order.
+    /// Writes the peer's data for `l` (the caller recorded `writes[t]`). Adopting, the first copy to land on an
+    /// untrusted location replaces ours whatever the versions (section 13); later ones, issued after it (the store
+    /// applies writes to one location in issue order), compete by version with the peer's data as usual.
     func issuePeerWrite(_ t: UInt64, _ l: Location, _ p: Payload, _ v: Version) {
-        if adoptQueue.at(l) != nil {
-            adoptQueue[l]!.append((t, p, v))
-        } else if rules.ignoreStalePushes && adoptsPeerCopy(l) && receiving.at(l) == nil {
-            let r = newToken()
-            reads[r] = .adoptCheck(l)
-            adoptQueue[l] = [(t, p, v)]
-            out.append(.storeRead(CompletionToken(r), l))
-        } else {
-            out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: rules.ignoreStalePushes, sync: true))
-        }
+        let onlyIfNewer = rules.ignoreStalePushes && !(adoptsPeerCopy(l) && receiving.at(l) == nil)
         receiving[l, default: 0] += 1
-    }
-
-    /// Adopting: our copy of `l` (read as `v`) is untrusted if we stamped it ourselves before the rejoin.
-    @inline(__always) func ownStaleCopy(_ l: Location, _ v: Version) -> Bool {
-        v.node == config.node && adoptsPeerCopy(l)
+        out.append(.storeWrite(CompletionToken(t), l, p, v, onlyIfNewer: onlyIfNewer, sync: true))
     }
 
     /// A location is blocked for the peer while a local operation holds it and is past it (granted, waiting for
@@ -883,7 +869,10 @@ public final class MirrorNode {
         touch(l, before)
         grantsUnsent[l, default: 0] += 1
         if rules.invalidateBeforeAck { out.append(.invalidateCaches(l)) }
-        if item.needData && (bits.oos(l) || item.forceData) {
+        if item.needData && (bits.oos(l) || item.forceData) && adoptsPeerCopy(l) {
+            // Adopting: our copy is untrusted; version zero makes the marker keep its own (section 13).
+            reply.granted.append(MarkGrant(location: l, data: Payload([]), version: .zero))
+        } else if item.needData && (bits.oos(l) || item.forceData) {
             let t = newToken()
             reads[t] = .markData(l, reply: nextReplyKey, epoch: epoch, gen: beginSend(l))
             reply.readsOutstanding += 1
@@ -1025,7 +1014,12 @@ public final class MirrorNode {
             }
         }
         touch(l, before)
-        if bits.oos(l) || forceData {
+        if (bits.oos(l) || forceData) && adoptsPeerCopy(l) {
+            // Adopting: our copy is untrusted and never read; version zero makes the puller keep its own (section 13).
+            counters.pullAnswersData += 1
+            out.append(.send(.pullAnswer(PullAnswer(location: l, content: .data(Payload([]), .zero),
+                                                    prefetched: prefetched, clock: clock, pullID: pullID))))
+        } else if bits.oos(l) || forceData {
             let t = newToken()
             reads[t] = .answer(l, pullID: pullID, epoch: epoch, gen: beginSend(l))
             answering[l, default: 0] += 1
@@ -1123,13 +1117,6 @@ public final class MirrorNode {
     func readDone(_ t: UInt64, _ p: Payload, _ v: Version) {
         guard let r = reads.removeValue(forKey: t) else { return }
         switch r {
-        case .adoptCheck(let l):
-            guard let queued = adoptQueue.removeValue(forKey: l) else { return }
-            let replace = ownStaleCopy(l, v)
-            for (i, w) in queued.enumerated() {
-                out.append(.storeWrite(CompletionToken(w.token), l, w.payload, w.version,
-                                       onlyIfNewer: !(replace && i == 0), sync: true))
-            }
         case .push(let l, let ep, let gen):
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
@@ -1149,8 +1136,6 @@ public final class MirrorNode {
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch && connected {
-                // Adopting: our own pre-demotion copy is never sent; version zero makes the peer keep its own.
-                let (p, v) = ownStaleCopy(l, v) ? (Payload([]), Version.zero) : (p, v)
                 e.lastSent = v
                 e.sentGen = gen
                 counters.pullAnswersData += 1
@@ -1162,7 +1147,6 @@ public final class MirrorNode {
             var e = inFlight[l] ?? Sent()
             e.reading -= 1
             if ep == epoch, var reply = replies[key] {
-                let (p, v) = ownStaleCopy(l, v) ? (Payload([]), Version.zero) : (p, v)
                 e.lastSent = v
                 e.sentGen = gen
                 reply.readsOutstanding -= 1
@@ -1190,8 +1174,10 @@ public final class MirrorNode {
         if let n = receiving.at(l) { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
         if case .answer(true) = w.kind, bits.isJoinDefault(l) {
             // Joining, and this answer clears the default MOOS: compared and in sync in one change (the location
-            // needed no entry before and needs none after).
+            // needed no entry before and needs none after, unless adopting).
+            let before = persisted(l)
             settleCompared(l, keepMOOS: false)
+            touch(l, before)
         } else {
             compared(l)
         }
@@ -1450,6 +1436,7 @@ public final class MirrorNode {
     /// none (the peer may hold the token, or a read waits for their data).
     func completeJoin() {
         guard bits.joining else { return }
+        var adopted: [(Location, PersistedState)] = []
         if adopting {
             // Untrusted locations that have explicit state or are in use would become ordinary uncompared ones, whose
             // comparison lets the higher version win: our stale copy could then beat the peer's. Adopt them first.
@@ -1465,6 +1452,8 @@ public final class MirrorNode {
                 if !pull.isEmpty { sendPull(pull) }  // re-sent at `connectionUp` while disconnected
                 return
             }
+            // Adopted locations persisted `moos` to stay trusted across restarts; that ends with the adoption.
+            bits.forEachCompared { adopted.append(($0, persisted($0))) }
             adopting = false
             joinCompletionDeferred = false
         }
@@ -1478,6 +1467,7 @@ public final class MirrorNode {
         }
         bits.endJoining()
         for (l, b) in zip(keep, before) { touch(l, b) }
+        for (l, b) in adopted { touch(l, b) }
         flushPersist(joinCompleted: true)
     }
 
@@ -1507,7 +1497,7 @@ public final class MirrorNode {
         deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
         releaseScan = []; leaving = false; releasedOnConnection = []; releaseResend = []; answeredAway = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         sole = fresh.sole; soleToken = 0; soleChange = nil; soleTaken = []; adopting = fresh.adopting
-        joinCompletionDeferred = false; adoptPending = []; hardenAlso = []; adoptQueue = [:]
+        joinCompletionDeferred = false; adoptPending = []; hardenAlso = []
         oosNonEmptySince = now
     }
 

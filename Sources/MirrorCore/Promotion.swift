@@ -63,9 +63,10 @@ extension MirrorNode {
                 bits.setToken(l, .none)
             }
         }
-        // Our unacknowledged writes may be durable only in the peer's store, which a demoted peer will no longer trust
-        // (its copies are replaced by ours): they become durable here before the promotion is.
-        for l in Set(touched).sorted() where bits.oos(l) { hardenAlso.append(l) }
+        // Our writes under MOS (acknowledged or not) may be durable only in the peer's store: our own copy is hardened
+        // only when its superset bit drops, and a restart would normally fetch the peer's. A demoted peer's copies are
+        // replaced by ours, so ours become durable before the promotion is (one sync per held location, once).
+        for l in Set(touched).sorted() where bits.token(l) == .mos { hardenAlso.append(l) }
         // Every touched location is written again (unchanged ones harmlessly): the batch says none for every MOOS.
         dirty.append(contentsOf: Set(touched).sorted())
         sole = true

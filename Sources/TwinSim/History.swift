@@ -75,7 +75,10 @@ public struct History: Sendable {
         ops[id].reads = reads
     }
 
-    public mutating func forgive(_ id: Int, _ key: RegisterKey, atUs: SimTimeUs) { ops[id].rolledBack[key] = atUs }
+    /// The earliest forgiveness counts (a power loss, then a promotion, may both give the same value up).
+    public mutating func forgive(_ id: Int, _ key: RegisterKey, atUs: SimTimeUs) {
+        ops[id].rolledBack[key] = min(ops[id].rolledBack[key] ?? atUs, atUs)
+    }
 
     public mutating func markSynced(_ id: Int, _ key: RegisterKey) { ops[id].synced.insert(key) }
 

@@ -318,7 +318,7 @@ public final class Simulation {
             for op in history.ops where op.outcome == .ok {
                 for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key })
                     where op.rolledBack[key] == nil && !op.synced.contains(key) {
-                    if nodes.allSatisfy({ $0.store.visible[key.location].slots[key.slot] != stamp }) {
+                    if (0..<2).allSatisfy({ !holdsValue($0, key, stamp) }) {
                         history.forgive(op.id, key, atUs: queue.nowUs)
                         log("power loss: op#\(op.id)'s value of \(key) now exists on neither node (never synced)")
                     }
@@ -812,7 +812,7 @@ public final class Simulation {
         // Completed writes whose value only B holds (A never got it, or lost it in a power loss) are given up now.
         for op in history.ops where op.outcome == .ok {
             for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key })
-                where nodes[0].store.visible[key.location].slots[key.slot] != stamp
+                where !nodes[0].store.mayHold(location: key.location, slot: key.slot, stamp)
                     && nodes[1].store.visible[key.location].slots[key.slot] == stamp {
                 giveUp(op.id, key, stamp)
             }
@@ -829,12 +829,20 @@ public final class Simulation {
         // Every write of B's that A lacks is lost to the promotion: the conflicts the shell preserves.
         for op in history.ops where op.node == 1 {
             for (key, stamp) in op.writes.sorted(by: { $0.key < $1.key })
-                where nodes[0].store.visible[key.location].slots[key.slot] != stamp {
+                where !nodes[0].store.mayHold(location: key.location, slot: key.slot, stamp) {
                 giveUp(op.id, key, stamp)
             }
         }
         log("B is demoted: mirror state wiped, it rejoins adopting A's copy")
         restart(1)
+    }
+
+    /// The node's store holds `stamp` at `key` and will use it: an adopting node's copy without persisted state is
+    /// untrusted (replaced by the peer's, whatever it holds), so it does not count as a surviving copy.
+    func holdsValue(_ node: Int, _ key: RegisterKey, _ stamp: WriteStamp) -> Bool {
+        let store = nodes[node].store
+        guard store.visible[key.location].slots[key.slot] == stamp else { return false }
+        return !(store.persisted.adopting && store.persisted.states[map.locations[key.location]] == nil)
     }
 
     func giveUp(_ id: Int, _ key: RegisterKey, _ stamp: WriteStamp) {

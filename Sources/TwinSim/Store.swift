@@ -112,6 +112,12 @@ public struct SimStore: Sendable {
         persisted.sole = false
     }
 
+    /// The register holds `stamp` now or may hold it after a power loss (durable, or any write not yet hardened).
+    public func mayHold(location: Int, slot: Int, _ stamp: WriteStamp) -> Bool {
+        visible[location].slots[slot] == stamp || durable[location].slots[slot] == stamp
+            || unhardened.contains { $0.write.location == location && $0.write.data.slots[slot] == stamp }
+    }
+
     public mutating func addLocation(slots: Int) {
         visible.append(.initial(slots: slots))
         durable.append(.initial(slots: slots))

@@ -147,6 +147,19 @@ final class PromotionTests: XCTestCase {
         XCTAssertEqual(a.state(of: .track(99, 3)).token, .none, "unknown locations read as none")
     }
 
+    func testThePromotionMakesItsOwnHeldCopiesDurableFirst() {
+        let p = Pair()
+        p.write(.a, [L], .writePartial)
+        p.tick(1)
+        XCTAssertEqual(p.state(.a, L), LocationState(token: .mos, outOfSync: false), "acknowledged, still held")
+        p.checkCrossNode = false
+        p.disconnect()
+        p.feed(.a, .promoted)
+        let batch = p[.a].batches.first { $0.sole == true }
+        XCTAssertEqual(batch?.hardenFirst.contains(L), true,
+                       "B's copy may be the only durable one, and a demoted B no longer offers it")
+    }
+
     // MARK: demotion and reconnection
 
     /// Partition; B writes L and M many times (its versions climb above A's), A is promoted and writes L once, B is
@@ -251,6 +264,34 @@ final class PromotionTests: XCTestCase {
         for l in [R, L, M, N] { _ = p.read(.b, l) }
         XCTAssertEqual(p.read(.b, M), written)
         XCTAssertEqual(p.read(.a, M), written)
+        XCTAssertEqual(p.violations, [])
+    }
+
+    func testAnAdoptedCopyStaysTrustedAcrossARestartOfTheAdoptingNode() {
+        let (p, _, _) = promotedAndDemoted()
+        let theirs = p[.a].store[M]!
+        XCTAssertNotNil(p.read(.b, M))
+        XCTAssertEqual(p[.b].store[M]?.version, theirs.version, "adopted")
+        XCTAssertEqual(p[.b].durable[M], .moos, "persisted, so that a restart does not distrust it again")
+        p.crash(.b)
+        XCTAssertTrue(p.core(.b).status.adopting)
+        XCTAssertFalse(p.core(.b).comparesBeforeServing(M), "still trusted: A may since have lost its own copy")
+        XCTAssertTrue(p.core(.b).comparesBeforeServing(N), "never adopted: still untrusted")
+        p.connect()
+        p.holdWire = [true, true]
+        p.feed(.b, .received(.pull(Pull(locations: [M], id: 91, forceData: true))))
+        p.settle()
+        guard case .pullAnswer(let a)? = p.wire[Side.a.rawValue].last else { return XCTFail("no answer") }
+        XCTAssertEqual(a.content, .data(Payload(stamp: theirs.stamp), theirs.version), "answered with the adopted data")
+        p.holdWire = [false, false]
+        p.wire = [[], []]
+        p.disconnect()
+        p.connect()
+        for l in [R, L, M, N] { _ = p.read(.b, l) }
+        p.feed(.b, .joinCompleted)
+        p.settle()
+        XCTAssertFalse(p.core(.b).status.adopting)
+        XCTAssertNil(p[.b].durable[M].flatMap { $0 == PersistedState.none ? nil : $0 }, "lowered with the adoption's end")
         XCTAssertEqual(p.violations, [])
     }
 

@@ -124,6 +124,11 @@ public final class MirrorNode {
     var adoptPending: Set<Location> = []
     /// Extra `hardenFirst` locations for the next batch (the promotion's unsynced backlog).
     var hardenAlso: [Location] = []
+    /// A connection came up while sole: it is used once the batch ending sole mode (token) is durable; the peer's
+    /// messages meanwhile wait here (bounded; beyond it they are dropped and the peer's waiting operations time out).
+    var soleEnding: (epoch: UInt64, token: UInt64)?
+    var soleQueue: [Message] = []
+    var maxSoleQueue: Int { max(1, config.maxMarkItems) * 1024 }
 
     func noteHandedBack(_ l: Location) {
         if answeredAway.count < maxTrackedReleases { answeredAway.insert(l) }
@@ -218,7 +223,8 @@ public final class MirrorNode {
         case .operationRequested(let r): requestOperation(r)
         case .operationFinished(let id, let unwritten): finishOperation(id, unwritten: unwritten)
         case .flushRequested(let id, let locs): requestFlush(id, locs)
-        case .received(let m): if connected { receive(m) }
+        case .received(let m):
+            if connected { receive(m) } else if soleEnding != nil && soleQueue.count < maxSoleQueue { soleQueue.append(m) }
         case .connectionUp(let e): connectionUp(e)
         case .connectionDown: connectionDown()
         case .tick(let t): tick(t)
@@ -1224,6 +1230,14 @@ public final class MirrorNode {
 
     func persistDone(_ t: UInt64) {
         if t > durableToken { durableToken = t }
+        if let s = soleEnding, durableToken >= s.token {
+            // Sole mode has ended durably: the connection is used now, with what the peer sent meanwhile.
+            soleEnding = nil
+            connectionUp(s.epoch)
+            let queued = soleQueue
+            soleQueue = []
+            for m in queued where connected { receive(m) }
+        }
         while let first = supersetQueue.first, first.token <= durableToken {
             supersetQueue.removeFirst()
             for l in first.locations where supersetPending.at(l) == first.token { supersetPending[l] = nil }
@@ -1356,14 +1370,20 @@ public final class MirrorNode {
     // MARK: connection, time, restart
 
     func connectionUp(_ e: UInt64) {
-        connected = true
-        epoch = e
         if sole {
             // The shell connects a sole node only to a demoted or fresh peer, which reads MOOS everywhere (its joining
-            // default): our MOS and OOS stay valid as they are, and the background copy below pushes the OOS.
+            // default): our MOS and OOS stay valid as they are, and the background copy pushes the OOS. But nothing
+            // may reach the peer before the end of sole mode is durable: a restart still recorded sole would trust
+            // its MOS copies, although the peer may by then hold newer data of ours (a power loss here can undo
+            // writes the peer acknowledged). The connection is used once the batch is durable (`persistDone`).
             sole = false
             soleChange = false
+            soleEnding = (e, flushPersist())
+            soleQueue = []
+            return
         }
+        connected = true
+        epoch = e
         out.append(.send(.hello(Hello(node: config.node, epoch: e, incarnation: incarnation, clock: clock))))
         // Pending requests are re-sent; the peer handles them idempotently.
         for id in outMarks.keys.sorted() {
@@ -1394,6 +1414,8 @@ public final class MirrorNode {
     }
 
     func connectionDown() {
+        soleEnding = nil
+        soleQueue = []
         connected = false
         if releaseResend.count + releasedOnConnection.count <= maxTrackedReleases {
             releaseResend.append(contentsOf: releasedOnConnection)
@@ -1497,7 +1519,7 @@ public final class MirrorNode {
         deferred = [:]; replies = [:]; starvedReads = []; grantsUnsent = [:]; answering = [:]; flushes = [:]; flushNeeds = [:]; hot = []; hotPrevious = []
         releaseScan = []; leaving = false; releasedOnConnection = []; releaseResend = []; answeredAway = []; restoredSuperset = fresh.restoredSuperset; uncompared = fresh.uncompared; nextWake = nil; nextMarkID = fresh.nextMarkID
         sole = fresh.sole; soleToken = 0; soleChange = nil; soleTaken = []; adopting = fresh.adopting
-        joinCompletionDeferred = false; adoptPending = []; hardenAlso = []
+        joinCompletionDeferred = false; adoptPending = []; hardenAlso = []; soleEnding = nil; soleQueue = []
         oosNonEmptySince = now
     }
 

@@ -35,7 +35,7 @@ extension MirrorNode {
 
     /// `Event.promoted`: the peer is gone for good (the operator said so). See `Event.promoted`.
     func promote() {
-        guard !connected && !sole else { return }
+        guard !connected && !sole && soleEnding == nil else { return }
         let wasJoining = bits.joining
         var touched: [Location] = []
         bits.forEachLive { l, _ in touched.append(l) }

@@ -148,7 +148,8 @@ struct TwinfsSim: ParsableCommand {
             let r = Simulation.run(seed: seed, workload: workload, options: o)
             print("config \(r.config)")
             print("core \(r.core.description)")
-            print(r.metrics.summary + " events=\(r.metrics.events) simulated=\(r.finalTimeUs)us")
+            print(r.metrics.summary + " events=\(r.metrics.events) simulated=\(r.finalTimeUs)us"
+                  + (promote ? " promotions=\(r.metrics.promotions) conflicts=\(r.metrics.conflicts)" : ""))
             for v in r.violations { print("VIOLATION \(v)") }
             print(r.passed ? "seed \(seed): ok" : "seed \(seed): \(r.violations.count) violation(s)")
             if !r.passed { throw ExitCode(1) }
@@ -159,13 +160,14 @@ struct TwinfsSim: ParsableCommand {
         }
         if firstCaught { return try firstCaughtMode(range) }
         var failing: [(UInt64, String)] = []
-        var operations = 0, events = 0, crashes = 0, disconnects = 0, runs = 0
+        var operations = 0, events = 0, crashes = 0, disconnects = 0, runs = 0, conflicts = 0
         let o = options()
         let start = monotonicSeconds()
         for s in range {
             let r = isolatedRun(s, options: o)
             runs += 1
             operations += r.operations; events += r.events; crashes += r.crashes; disconnects += r.disconnects
+            conflicts += r.conflicts
             if let v = r.failure {
                 failing.append((s, v))
                 print("seed \(s) FAILED: \(v)")
@@ -174,7 +176,9 @@ struct TwinfsSim: ParsableCommand {
         }
         let seconds = monotonicSeconds() - start
         let rate = Double(runs) / max(seconds, 1e-9)
-        print("seeds=\(runs) operations=\(operations) events=\(events) crashes=\(crashes) disconnects=\(disconnects) violations=\(failing.count) seconds=\(Int(seconds)) seeds/s=\(Int(rate))")
+        print("seeds=\(runs) operations=\(operations) events=\(events) crashes=\(crashes) disconnects=\(disconnects)"
+              + (promote ? " conflicts=\(conflicts)" : "")
+              + " violations=\(failing.count) seconds=\(Int(seconds)) seeds/s=\(Int(rate))")
         if !failing.isEmpty {
             print("failing seeds: \(failing.map { String($0.0) }.joined(separator: " "))")
             throw ExitCode(1)
@@ -204,6 +208,8 @@ struct TwinfsSim: ParsableCommand {
     struct SeedOutcome {
         var failure: String?
         var operations = 0, events = 0, crashes = 0, disconnects = 0
+        /// Promotion runs: registers whose completed writes the promotion gave up.
+        var conflicts = 0
     }
 
     /// Runs one seed in a forked child when isolation is on, so that a trap in the core (an assertion) is reported
@@ -213,7 +219,8 @@ struct TwinfsSim: ParsableCommand {
             announce(seed)
             let r = Simulation.run(seed: seed, workload: workload, options: o)
             return SeedOutcome(failure: r.violations.first.map { "\($0)" }, operations: r.metrics.operations,
-                               events: r.metrics.events, crashes: r.metrics.crashes, disconnects: r.metrics.disconnects)
+                               events: r.metrics.events, crashes: r.metrics.crashes, disconnects: r.metrics.disconnects,
+                               conflicts: r.metrics.conflicts)
         }
         guard !noIsolation else { return direct() }
         var fds: [Int32] = [0, 0]
@@ -223,7 +230,7 @@ struct TwinfsSim: ParsableCommand {
         if pid == 0 {
             close(fds[0])
             let r = direct()
-            let line = Array("\(r.operations) \(r.events) \(r.crashes) \(r.disconnects) \(r.failure ?? "")".utf8)
+            let line = Array("\(r.operations) \(r.events) \(r.crashes) \(r.disconnects) \(r.conflicts) \(r.failure ?? "")".utf8)
             var offset = 0
             while offset < line.count {
                 let n = line[offset...].withUnsafeBufferPointer { write(fds[1], $0.baseAddress, $0.count) }
@@ -248,10 +255,11 @@ struct TwinfsSim: ParsableCommand {
             return SeedOutcome(failure: "[core-trap] the run stopped on signal \(signal) (an assertion in the core?); replay with --seed \(seed) --trace")
         }
         let text = String(decoding: bytes, as: UTF8.self)
-        let parts = text.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 5 else { return SeedOutcome(failure: "[sim-error] child gave no result") }
-        return SeedOutcome(failure: parts[4].isEmpty ? nil : parts[4], operations: Int(parts[0]) ?? 0,
-                           events: Int(parts[1]) ?? 0, crashes: Int(parts[2]) ?? 0, disconnects: Int(parts[3]) ?? 0)
+        let parts = text.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 6 else { return SeedOutcome(failure: "[sim-error] child gave no result") }
+        return SeedOutcome(failure: parts[5].isEmpty ? nil : parts[5], operations: Int(parts[0]) ?? 0,
+                           events: Int(parts[1]) ?? 0, crashes: Int(parts[2]) ?? 0, disconnects: Int(parts[3]) ?? 0,
+                           conflicts: Int(parts[4]) ?? 0)
     }
 
     func reportMode() {

@@ -209,6 +209,27 @@ final class PromotionTests: XCTestCase {
         XCTAssertEqual(p.violations, [])
     }
 
+    func testAConnectionWhileSoleIsUsedOnlyOnceTheEndOfSoleIsDurable() {
+        let (p, mine, _) = promotedAndDemoted(connect: false)
+        p[.a].holdPersists = true
+        let before = sends(p, .a)
+        p.connect()
+        XCTAssertFalse(p.core(.a).status.sole)
+        XCTAssertEqual(p[.a].unpersisted.last?.1.sole, false, "the end of sole mode is being persisted")
+        XCTAssertEqual(sends(p, .a), before, "nothing reaches B before it is durable: a restart still sole would trust"
+                       + " copies B may by then hold newer")
+        XCTAssertFalse(p.core(.a).status.connected)
+        p[.a].holdPersists = false
+        p.completePersists(.a)
+        p.settle()
+        XCTAssertTrue(p.core(.a).status.connected)
+        XCTAssertGreaterThan(sends(p, .a), before)
+        p.tick(5)
+        XCTAssertEqual(p[.b].store[L]?.stamp, mine, "B's messages of meanwhile were kept and answered")
+        XCTAssertEqual(p.core(.a).status.oosCount, 0)
+        XCTAssertEqual(p.violations, [])
+    }
+
     func testTheDemotedNodesStaleDataNeverReachThePromotedNode() {
         let (p, mine, stale) = promotedAndDemoted(connect: false)
         // A's push of L never reaches B, and A restarts: A's L comes back contested, so A compares it with B's

@@ -1180,10 +1180,10 @@ public final class MirrorNode {
         if let n = receiving.at(l) { if n <= 1 { receiving[l] = nil } else { receiving[l] = n - 1 } }
         if case .answer(true) = w.kind, bits.isJoinDefault(l) {
             // Joining, and this answer clears the default MOOS: compared and in sync in one change (the location
-            // needed no entry before and needs none after, unless adopting).
-            let before = persisted(l)
+            // needed no entry before and needs none after, unless adopting: then it must persist `moos`).
+            let before = adopting ? persisted(l) : .none
             settleCompared(l, keepMOOS: false)
-            touch(l, before)
+            if adopting { touch(l, before) }
         } else {
             compared(l)
         }
@@ -1216,7 +1216,8 @@ public final class MirrorNode {
         }
         if bits.oos(l) { enqueuePush(l) }
         wake(l)
-        if receiving.at(l) == nil && deferred.at(l) != nil { serveDeferred(l) }
+        // Adopting: requests deferred while the peer's copy landed (`adoptionLanding`) are served now.
+        if adopting && receiving.at(l) == nil && deferred.at(l) != nil { serveDeferred(l) }
         if joinCompletionDeferred && !adoptPending.isEmpty && adoptPending.remove(l) != nil && adoptPending.isEmpty {
             completeJoin()
         }

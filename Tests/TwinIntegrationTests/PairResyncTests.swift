@@ -2,7 +2,7 @@
 // populated and mirrored, the link is cut, one node changes a few MiB of it, the link heals, and the bytes the
 // link carried for the resync (`peer.bytesSent`, every byte on the socket) and the locations pushed are compared
 // with what changed. A resync that walked or re-sent the tree would cost the tree's size and fail here.
-// Sizes: TWINFS_RESYNC_TREE_MIB (default 128) and TWINFS_RESYNC_CHANGED_MIB (default 8); the figures are printed
+// Sizes: TWINFS_RESYNC_TREE_MIB (default 96) and TWINFS_RESYNC_CHANGED_MIB (default 8); the figures are printed
 // (`resync: ...`) for Docs/PERFORMANCE.md.
 import Foundation
 import XCTest
@@ -14,8 +14,16 @@ final class PairResyncTests: PairTestCase {
 
     func testAfterAPartitionOnlyTheChangedLocationsCrossTheLink() throws {
         try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: ProxyTests.proxyBinary), "no \(ProxyTests.proxyBinary): build it")
-        let treeMiB = Self.env("TWINFS_RESYNC_TREE_MIB", 128)
+        let treeMiB = Self.env("TWINFS_RESYNC_TREE_MIB", 96)
         let changedMiB = Self.env("TWINFS_RESYNC_CHANGED_MIB", 8)
+        // Both stores hold the tree: on a disk without room for that the test would fail for the wrong reason.
+        var fs = statvfs()
+        if statvfs(scratch, &fs) == 0 {
+            let freeMiB = Int((UInt64(fs.f_bavail) * UInt64(fs.f_frsize)) >> 20)
+            guard freeMiB > 2 * treeMiB + 64 else {
+                throw MountError(description: "the resync test needs \(2 * treeMiB + 64) MiB free under \(scratch); \(freeMiB) MiB are")
+            }
+        }
         let p = try startPair(delayMs: 0)
         let A = quote(p.a.mountpoint)
         let trackBytes = try status(p.a)["trackBytes"] as? Int ?? 65_536

@@ -40,9 +40,13 @@ final class MirrorRuntime: @unchecked Sendable {
             }
             entries.append(PersistEntry(Location(ino: row.ino, slot: row.slot), state))
         }
+        let promotion = try store.promotionRecord()
         let recovered = RecoveredState(
-            entries: entries, clockReservation: saved.clockReservation, incarnation: incarnation, joining: saved.joining)
+            entries: entries, clockReservation: saved.clockReservation, incarnation: incarnation, joining: saved.joining,
+            sole: promotion.sole, adopting: promotion.adopting)
         joining = saved.joining
+        claim = PromotionClaim(promotion: promotion.promotion, peerPromotionSeen: promotion.peerPromotionSeen, sole: promotion.sole)
+        splitBrain = promotion.splitBrainPeer != nil
         store.database.releaseStatements()
         // Marks as long as the prediction's largest window; tokens released after 10 s unused (ticks are ms),
         // so a writer slower than its window (a long sequential window, a create burst across many directories)
@@ -65,9 +69,20 @@ final class MirrorRuntime: @unchecked Sendable {
     private let box: LinkBox
     /// `twinfs verify` (Verification.swift).
     let verification: Verification
-    /// The store started joining (its copy may lack anything the peer has): the filler walks the tree.
-    private let joining: Bool
+    /// The store is joining (its copy may lack anything the peer has): the filler walks the tree.
+    private var joining: Bool
     private var filler: Filler?
+    /// What this node says about promotions at each handshake (guarded by `linkLock`).
+    private var claim: PromotionClaim
+    /// The last connection was refused because both nodes were promoted (guarded by `linkLock`).
+    private var splitBrain: Bool
+    /// The verdict last logged, so a refusal repeated by every reconnection is logged once.
+    private var lastVerdict: PromotionVerdict?
+    /// The epoch the core was told is up (0: none): messages and a disconnect of other connections are not its.
+    private var coreEpoch: UInt64 = 0
+    private var demoting = false
+    /// Where a demotion keeps this node's unreplicated changes until they are imported into /.twinfs/conflicts.
+    var pendingConflictsPath: String { storePath + "/conflicts-pending" }
     /// How long a clean stop waits for the peer to take this node's tokens and data.
     static let leaveTimeoutMs: UInt64 = 10_000
 
@@ -187,20 +202,34 @@ final class MirrorRuntime: @unchecked Sendable {
                 volumeID: identity.volumeID, node: me, nodeName: identity.nodeName, expectedPeer: NodeID(3 - me.raw), secret: secret),
             listenHost: listen.host, listenPort: listen.port, peerHost: peer.host, peerPort: peer.port)
         config.backoffMaxMs = 2_000
+        config.promotionClaim = { [weak self] in self?.currentClaim() ?? .none }
         let shell = self.shell
         do {
             link = try PeerLink.start(config) { [weak self] event in
                 switch event {
                 case .connected(let epoch, let info):
+                    guard let self else { return }
+                    self.box.reset()
+                    guard self.admit(info) else {
+                        self.link?.dropConnection()
+                        return
+                    }
                     Self.log("peer \(info.peerName) (node \(info.peerNode.raw)) connected, epoch \(epoch)")
-                    self?.box.reset()
+                    self.linkLock.withLock { self.coreEpoch = epoch }
                     shell.post(.connectionUp(epoch: epoch))
                 case .message(let message):
+                    guard let self, self.linkLock.withLock({ self.coreEpoch != 0 }) else { return }
                     shell.post(.received(message))
                 case .disconnected(_, let reason):
+                    guard let self else { return }
+                    self.box.reset()
+                    let wasUp = self.linkLock.withLock {
+                        defer { self.coreEpoch = 0 }
+                        return self.coreEpoch != 0
+                    }
+                    guard wasUp else { return }
                     Self.log("peer disconnected: \(reason)")
-                    self?.box.reset()
-                    self?.note(disconnect: "\(reason)")
+                    self.note(disconnect: "\(reason)")
                     shell.post(.connectionDown)
                 case .rejected(let reason, let remote):
                     Self.log("connection with \(remote) refused: \(reason)")
@@ -217,16 +246,204 @@ final class MirrorRuntime: @unchecked Sendable {
         box.link = link
         verification.attach(link)
         verification.verifier.invalidateData = { ino in session.invalidateData(ino) }
-        if joining {
-            let filler = Filler(volume: shell.volume)
-            filler.start {
-                Self.log("joined: this store has pulled every location it lacked (\(filler.progress.files) files)")
-                shell.post(.joinCompleted)
-            }
-            self.filler = filler
+        if joining { startFiller() }
+        // A demotion that crashed before its kept changes were imported finishes the import now.
+        importConflictsWhenConnected()
+        control = try ControlServer(storePath: storePath) { [weak self] request in
+            guard let self else { return [] }
+            return self.handle(request: request)
         }
-        control = try ControlServer(storePath: storePath) { [weak self] in self?.statusDocument() ?? [] }
         control?.start()
+    }
+
+    private func startFiller() {
+        let shell = self.shell
+        let filler = Filler(volume: shell.volume)
+        filler.start {
+            Self.log("joined: this store has pulled every location it lacked (\(filler.progress.files) files)")
+            shell.post(.joinCompleted)
+        }
+        self.filler = filler
+    }
+
+    // MARK: promotion (Docs/OPERATIONS.md "Losing a node")
+
+    private func currentClaim() -> PromotionClaim { linkLock.withLock { claim } }
+
+    /// Judges an authenticated connection by both promotion claims (the peer judges it the same way) before the
+    /// core hears of it; false: the connection is refused (nothing was sent on it).
+    private func admit(_ info: SessionInfo) -> Bool {
+        let mine = currentClaim()
+        let verdict = PromotionRule.verdict(
+            mine: PromotionView(promotion: mine.promotion, peerPromotionSeen: mine.peerPromotionSeen, sole: mine.sole),
+            peer: PromotionView(promotion: info.peerPromotion.promotion, peerPromotionSeen: info.peerPromotion.peerPromotionSeen,
+                                sole: info.peerPromotion.sole))
+        let repeated = linkLock.withLock {
+            defer { lastVerdict = verdict }
+            return lastVerdict == verdict
+        }
+        switch verdict {
+        case .proceed:
+            linkLock.withLock {
+                splitBrain = false
+                // The core ends a sole period at this connection (the peer gave way).
+                claim.sole = false
+            }
+            return true
+        case .awaitPeerDemotion:
+            if !repeated { Self.log("peer \(info.peerName) returned after this node was promoted: waiting for it to give way (it keeps its own changes under /.twinfs/conflicts)") }
+            note(rejection: "peer \(info.peerName) has not given way to this node's promotion yet")
+            return false
+        case .splitBrain:
+            let message = PromotionRule.splitBrainMessage(peerName: info.peerName)
+            if !repeated { Self.log(message) }
+            note(rejection: message)
+            linkLock.withLock { splitBrain = true }
+            let peer = Store.SplitBrainClaim(promotion: info.peerPromotion.promotion, peerPromotionSeen: info.peerPromotion.peerPromotionSeen)
+            do { try shell.volume.withStore { try $0.recordSplitBrain(peer: peer) } } catch { Self.log("cannot record the split brain: \(error)") }
+            return false
+        case .demote(let peerPromotion):
+            let start = linkLock.withLock {
+                defer { demoting = true }
+                return !demoting
+            }
+            if start {
+                Self.log("peer \(info.peerName) was promoted while this node was away: giving way (this node's unreplicated changes are kept under /.twinfs/conflicts)")
+                spawnDetachedThread { self.demote(peerPromotion: peerPromotion, peerName: info.peerName) }
+            }
+            return false
+        }
+    }
+
+    /// Gives way to the promoted peer: keeps this node's unreplicated changes aside, forgets its mirror state,
+    /// and rejoins adopting the peer's copy; the next connection then goes ahead.
+    private func demote(peerPromotion: UInt64, peerName: String) {
+        filler?.stop()
+        filler = nil
+        let volume = shell.volume
+        let pending = pendingConflictsPath
+        let nodeName = store.identity.nodeName
+        var kept = 0
+        do {
+            try shell.demote {
+                try volume.withStore { store in
+                    let saved = try store.loadMirrorState()
+                    // Inode numbers reserved ahead for creates that never came have neither a record nor a tombstone.
+                    let superset = try Set(saved.rows.compactMap { row -> UInt64? in
+                        let state = PersistedState(rawValue: row.state)
+                        return state == .held || state == .contested ? row.ino : nil
+                    }).filter { try store.storedVersion(.inode($0)) > 0 }
+                    let records = try Conflicts.preserve(
+                        store: store, inodes: superset.sorted(), nodeName: nodeName, nowUnixMs: Self.unixMs(),
+                        pendingDirectory: pending)
+                    kept = records.count
+                    try store.recordDemotion(peerPromotion: peerPromotion)
+                    let incarnation = try store.nextMirrorIncarnation()
+                    return RecoveredState(entries: [], clockReservation: saved.clockReservation, incarnation: incarnation,
+                                          joining: true, adopting: true)
+                }
+            }
+        } catch {
+            Self.log("giving way to \(peerName) failed: \(error); retrying at the next connection")
+            linkLock.withLock { demoting = false }
+            return
+        }
+        linkLock.withLock {
+            claim.peerPromotionSeen = peerPromotion
+            claim.sole = false
+            demoting = false
+        }
+        joining = true
+        startFiller()
+        Self.log("gave way to \(peerName): \(kept) changed files of this node kept for /.twinfs/conflicts; rejoining")
+        importConflictsWhenConnected()
+    }
+
+    /// Imports the kept changes into the tree (mirrored like any file) once the peer is there; retried until done.
+    func importConflictsWhenConnected() {
+        let pending = pendingConflictsPath
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: pending), !names.isEmpty else { return }
+        let volume = shell.volume
+        spawnDetachedThread { [weak self] in
+            for _ in 0..<Self.maxConflictImportAttempts {
+                guard let self, !self.stopped else { return }
+                if self.shell.status.core.connected {
+                    do {
+                        let records = try Conflicts.importPending(volume: volume, pendingDirectory: pending)
+                        Self.log("kept \(records.count) changes of this node under /.twinfs/conflicts")
+                        return
+                    } catch {
+                        Self.log("importing kept changes into /.twinfs/conflicts failed (retrying): \(error)")
+                    }
+                }
+                usleep(1_000_000)
+            }
+        }
+    }
+
+    static let maxConflictImportAttempts = 3_600
+    static let maxListedConflicts = 100
+    private var stopped = false
+
+    static func unixMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// `twinfs promote` on a running daemon.
+    private func promote() -> [String: Any] {
+        var record: Store.PromotionRecord?
+        do {
+            let losses = try shell.promote {
+                record = try shell.volume.withStore { try $0.recordPromotion() }
+            }
+            if let record {
+                linkLock.withLock {
+                    claim = PromotionClaim(promotion: record.promotion, peerPromotionSeen: record.peerPromotionSeen, sole: true)
+                    splitBrain = false
+                }
+            }
+            let inodes = Array(Set(losses.locations.map(\.ino))).sorted()
+            let lost = PromoteCommand.describe(inodes: inodes, volume: shell.volume)
+            Self.log("promoted by the operator: serving every location alone; \(lost.paths.count) files may have lost changes made on the peer")
+            return [
+                "promoted": true, "promotion": Int(record?.promotion ?? 0), "lost": lost.paths, "lostUnseenInodes": lost.unseen,
+                "lostTruncated": losses.truncated, "joiningIncomplete": losses.joiningIncomplete,
+            ]
+        } catch {
+            return ["error": "\(error)"]
+        }
+    }
+
+    /// `twinfs resolve --keep` on a running daemon.
+    private func resolve(keepThisNode: Bool) -> [String: Any] {
+        do {
+            try shell.volume.withStore { try $0.resolveSplitBrain(keepThisNode: keepThisNode) }
+            let record = try shell.volume.withStore { try $0.promotionRecord() }
+            linkLock.withLock {
+                claim = PromotionClaim(promotion: record.promotion, peerPromotionSeen: record.peerPromotionSeen, sole: claim.sole && keepThisNode)
+                splitBrain = false
+                lastVerdict = nil
+            }
+            Self.log(keepThisNode ? "split brain resolved: this node's data win" : "split brain resolved: the peer's data win; this node gives way at the next connection")
+            return ["resolved": true, "keep": keepThisNode ? "this" : "peer"]
+        } catch {
+            return ["error": "\(error)"]
+        }
+    }
+
+    private func handle(request: String) -> [UInt8] {
+        let answer: [String: Any]
+        switch request {
+        case "", "status": return statusDocument()
+        case "promote": answer = promote()
+        case "resolve keep-this": answer = resolve(keepThisNode: true)
+        case "resolve keep-peer": answer = resolve(keepThisNode: false)
+        case let r where r.hasPrefix("verify"): answer = verification.request(r, connected: shell.status.core.connected)
+        default: answer = ["error": "unknown request \(request.debugDescription)"]
+        }
+        return Array((try? JSONSerialization.data(withJSONObject: answer, options: [.sortedKeys])) ?? Data())
     }
 
     private func note(rejection: String? = nil, disconnect: String? = nil) {
@@ -237,6 +454,7 @@ final class MirrorRuntime: @unchecked Sendable {
     }
 
     func stop() {
+        stopped = true
         filler?.stop()
         if link?.status.connected == true {
             if shell.leave(timeoutMs: Self.leaveTimeoutMs) {
@@ -307,10 +525,22 @@ final class MirrorRuntime: @unchecked Sendable {
             join["retries"] = p.retries
             join["walkDone"] = p.done
         }
-        let doc: [String: Any] = [
-            "mounted": true, "uptimeMs": Int(s.uptimeMs), "peer": peer, "mirror": mirror, "joining": join,
-            "leaving": s.core.leaving, "verify": verification.statusKeys(),
+        let claim = currentClaim()
+        let promotion: [String: Any] = [
+            "count": Int(claim.promotion), "peerSeen": Int(claim.peerPromotionSeen), "sole": s.core.sole,
+            "adopting": s.core.adopting, "splitBrain": linkLock.withLock { splitBrain },
         ]
+        var doc: [String: Any] = [
+            "mounted": true, "uptimeMs": Int(s.uptimeMs), "peer": peer, "mirror": mirror, "joining": join,
+            "leaving": s.core.leaving, "promotion": promotion, "verify": verification.statusKeys(),
+        ]
+        // The kept copies are read through the mirror: only while that cannot wait for an absent peer.
+        if s.core.connected || s.core.sole, let records = try? Conflicts.list(volume: shell.volume, limit: Self.maxListedConflicts) {
+            doc["conflicts"] = records.map {
+                ["path": $0.path, "kind": $0.kind, "node": $0.node, "timeUnixMs": Int($0.timeUnixMs), "bytes": Int($0.bytes),
+                 "conflictPath": $0.conflictPath] as [String: Any]
+            }
+        }
         return Array((try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys])) ?? Data())
     }
 }

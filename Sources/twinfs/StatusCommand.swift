@@ -57,6 +57,20 @@ struct StatusCommand: ParsableCommand {
 }
 
 private func printLive(_ live: [String: Any]) {
+    printMirror(live)
+    let promotion = live["promotion"] as? [String: Any] ?? [:]
+    if promotion["splitBrain"] as? Bool == true {
+        print("SPLIT BRAIN: both nodes were promoted while apart; run `twinfs resolve STORE --keep NODE` (see Docs/OPERATIONS.md)")
+    }
+    if promotion["sole"] as? Bool == true { print("promoted:    serving every location alone (promotion \(promotion["count"] ?? 0))") }
+    if promotion["adopting"] as? Bool == true { print("gave way:    rejoining, adopting the promoted peer's data") }
+    if let conflicts = live["conflicts"] as? [[String: Any]], !conflicts.isEmpty {
+        print("conflicts:   \(conflicts.count) kept versions (under /.twinfs/conflicts):")
+        for c in conflicts { print("  \(c["path"] ?? "?") from \(c["node"] ?? "?") -> \(c["conflictPath"] ?? "?")") }
+    }
+}
+
+private func printMirror(_ live: [String: Any]) {
     let peer = live["peer"] as? [String: Any] ?? [:]
     let mirror = live["mirror"] as? [String: Any] ?? [:]
     let counters = mirror["counters"] as? [String: Any] ?? [:]

@@ -8,7 +8,7 @@ struct Twinfs: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "twinfs",
         abstract: "A symmetric, asynchronously mirrored FUSE filesystem.",
-        subcommands: [InitCommand.self, MountCommand.self, StatusCommand.self])
+        subcommands: [InitCommand.self, MountCommand.self, StatusCommand.self, PromoteCommand.self, ResolveCommand.self, VerifyCommand.self])
 }
 
 /// Prints one line `twinfs: error: ...` on stderr and exits 1.

@@ -124,6 +124,8 @@ final class PairCrashTests: PairTestCase {
                     os.fsync(fd)
                     os.close(fd)
                 except OSError:
+                    # The daemon is gone: nothing more can return.
+                    if not os.path.isdir(os.path.join(mnt, "synced")): return
                     time.sleep(0.05); continue
                 with lock: ledger.write("%s %d\n" % (name, version))
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
@@ -165,11 +167,15 @@ final class PairCrashTests: PairTestCase {
             for w in 0 1; do for f in 0 1 2 3; do head -c 12288 /dev/zero > \(quote(p.a.mountpoint))/synced/w$w-f$f; done; done
             sync \(quote(p.a.mountpoint))/synced/*
             """)
-        let seconds = 2.0
-        let killAfter = 0.5 + Double(rng.next() % 1000) / 1000
+        let seconds = 30.0
+        let killAfter = Double(rng.next() % 1000) / 1000
         let workload = DispatchGroup()
         let argv = ["/usr/bin/python3", "-c", Self.fsyncWorkload, p.a.mountpoint, ledger, "\(seconds)", "\(seed)"]
         DispatchQueue.global().async(group: workload) { Commands.run(argv, timeoutSeconds: 120) }
+        // Killed a random moment after some fsyncs have returned (the writers wait a round trip per fsync).
+        try waitUntil("fsyncs returning on A", timeoutSeconds: 20) {
+            ((try? String(contentsOfFile: ledger, encoding: .utf8))?.split(separator: "\n").count ?? 0) >= 4
+        }
         usleep(UInt32(killAfter * 1_000_000))
         p.a.killHard()
         _ = workload.wait(timeout: .now() + 150)

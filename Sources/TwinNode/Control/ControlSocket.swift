@@ -1,7 +1,8 @@
-// ControlSocket: the daemon's local status endpoint, a Unix socket in the store (STORE/control.sock, mode 0600).
-// A client connects, the daemon writes one JSON document and closes. Owns: the socket's life and framing.
-// Must never: accept commands that change state (status only), or let a slow client stall the daemon (each
-// answer is written with a send timeout, one client at a time, by one thread).
+// ControlSocket: the daemon's local control endpoint, a Unix socket in the store (STORE/control.sock, mode 0600,
+// so only the store's owner reaches it). A client connects and writes one request line (`status`, `promote`,
+// `resolve keep-this` / `resolve keep-peer`); the daemon writes one JSON document and closes.
+// Owns: the socket's life and framing. Must never: interpret a request (the daemon's handler does), or let a slow
+// client stall the daemon (requests and answers have timeouts, one client at a time, by one thread).
 import Foundation
 import Glibc
 
@@ -10,11 +11,12 @@ public final class ControlServer: @unchecked Sendable {
     public static let maxAnswerBytes = 1 << 20
     private let path: String
     private var fd: Int32 = -1
-    private let answer: @Sendable () -> [UInt8]
+    private let answer: @Sendable (String) -> [UInt8]
+    public static let maxRequestBytes = 256
 
     /// Binds `STORE/control.sock` (replacing a stale one left by a killed daemon: the store's lock, held by the
     /// caller, proves no other daemon uses it).
-    public init(storePath: String, answer: @escaping @Sendable () -> [UInt8]) throws {
+    public init(storePath: String, answer: @escaping @Sendable (_ request: String) -> [UInt8]) throws {
         path = storePath + "/" + Self.fileName
         self.answer = answer
         unlink(path)
@@ -49,7 +51,8 @@ public final class ControlServer: @unchecked Sendable {
             }
             var timeout = timeval(tv_sec: 2, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var bytes = answer()
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var bytes = answer(Self.readRequest(client))
             if bytes.count > Self.maxAnswerBytes { bytes = Array("{\"error\":\"status too large\"}".utf8) }
             var sent = 0
             while sent < bytes.count {
@@ -59,6 +62,14 @@ public final class ControlServer: @unchecked Sendable {
             }
             close(client)
         }
+    }
+
+    /// One line, at most `maxRequestBytes`; an empty request means status.
+    static func readRequest(_ fd: Int32) -> String {
+        var request: [UInt8] = []
+        var byte: UInt8 = 0
+        while request.count < maxRequestBytes, recv(fd, &byte, 1, 0) == 1, byte != 0x0A { request.append(byte) }
+        return String(decoding: request, as: UTF8.self).trimmingCharacters(in: .whitespaces)
     }
 
     static func address(_ path: String) throws -> sockaddr_un {
@@ -72,8 +83,9 @@ public final class ControlServer: @unchecked Sendable {
         return address
     }
 
-    /// Asks the daemon serving `storePath` for its status; nil when no daemon answers (the store is not mounted).
-    public static func query(storePath: String, timeoutMs: Int = 3_000) -> [UInt8]? {
+    /// Sends `request` to the daemon serving `storePath` and returns its answer; nil when no daemon answers (the
+    /// store is not mounted).
+    public static func query(storePath: String, request: String = "status", timeoutMs: Int = 3_000) -> [UInt8]? {
         let path = storePath + "/" + fileName
         guard var address = try? Self.address(path) else { return nil }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -85,6 +97,8 @@ public final class ControlServer: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard rc == 0 else { return nil }
+        let line = Array((request + "\n").utf8)
+        guard line.withUnsafeBytes({ send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else { return nil }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16 << 10)
         while out.count <= maxAnswerBytes {

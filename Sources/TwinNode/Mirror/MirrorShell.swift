@@ -77,6 +77,18 @@ public final class MirrorShell: @unchecked Sendable {
     private let startNs: UInt64
     private var lastTickMs: UInt64 = 0
     private var wakeAtMs: UInt64 = .max
+    /// Granted operations that have not finished (a demotion waits for them; new ones wait for the demotion).
+    private var running: Set<OperationID> = []
+    private var gateClosed = false
+    private var demotion: Demotion?
+
+    /// A demotion handed to the executor: it runs between rounds, when no granted operation is running.
+    private final class Demotion {
+        let body: () throws -> RecoveredState
+        var done = false
+        var error: Error?
+        init(_ body: @escaping () throws -> RecoveredState) { self.body = body }
+    }
 
     /// Actions of core steps not performed yet, in step order. Steps happen under `condition` on any thread (a
     /// FUSE thread steps its own request and finish: no thread hop when the core grants at once); only the
@@ -210,6 +222,8 @@ public final class MirrorShell: @unchecked Sendable {
 
     func finish(_ id: OperationID, unwritten: [Location]) {
         condition.lock()
+        running.remove(id)
+        if gateClosed && running.isEmpty { condition.broadcast() }
         let before = queued.count
         core.step(.operationFinished(id, unwritten: unwritten), into: &queued)
         if queued.count > before { condition.signal() }
@@ -249,6 +263,92 @@ public final class MirrorShell: @unchecked Sendable {
         return false
     }
 
+    // MARK: promotion and demotion (Docs/OPERATIONS.md "Losing a node", PROTOCOL.md section 13)
+
+    public enum PromotionError: Error, CustomStringConvertible {
+        case peerConnected
+        case stopping
+        public var description: String {
+            switch self {
+            case .peerConnected: return "the peer is connected: promote only a node whose peer is gone"
+            case .stopping: return "the daemon is stopping"
+            }
+        }
+    }
+
+    /// The operator promoted this node: `record` makes the promotion durable (the store's counters) before the
+    /// core serves anything alone. Returns what the peer may hold newer copies of (lost unless it returns).
+    public func promote(record: () throws -> Void) throws -> (locations: [Location], truncated: Bool, joiningIncomplete: Bool) {
+        condition.lock()
+        defer { condition.unlock() }
+        if stopping { throw PromotionError.stopping }
+        if coreEpoch != 0 || inbox.contains(where: { if case .connectionUp = $0 { return true }; return false }) {
+            throw PromotionError.peerConnected
+        }
+        let losses = core.promotionLosses(limit: Self.maxReportedLosses)
+        try record()
+        inbox.append(.promoted)
+        condition.signal()
+        return losses
+    }
+
+    public static let maxReportedLosses = 10_000
+
+    /// Gives way to a promoted peer: new operations wait, running ones finish, waiting ones fail (EIO), then the
+    /// executor runs `body` (it preserves what this node had not replicated, forgets the mirror state durably and
+    /// returns the state to restart from) and restarts the core with it. Blocks until done.
+    public func demote(_ body: @escaping () throws -> RecoveredState) throws {
+        let d = Demotion(body)
+        condition.lock()
+        defer { condition.unlock() }
+        if stopping { throw PromotionError.stopping }
+        gateClosed = true
+        demotion = d
+        condition.broadcast()
+        while !d.done && !stopping { condition.wait() }
+        if !d.done { throw PromotionError.stopping }
+        if let error = d.error { throw error }
+    }
+
+    /// Executor, with `condition` held, between rounds.
+    private func restartForDemotion(_ d: Demotion) {
+        for (_, w) in waiters {
+            w.grant = .failed(.aborted)
+            w.semaphore.signal()
+        }
+        waiters.removeAll()
+        for (_, w) in flushWaiters {
+            w.flushError = .some(.aborted)
+            w.semaphore.signal()
+        }
+        flushWaiters.removeAll()
+        // Messages of a refused connection and a join completed by the filler of the forgotten state are void.
+        inbox.removeAll {
+            switch $0 {
+            case .received, .joinCompleted: return true
+            default: return false
+            }
+        }
+        // Store actions of the forgotten core waiting for a retry are void with it.
+        stalled.removeAll()
+        stalledLocations.removeAll()
+        stalledPersist = false
+        failedBefore.removeAll()
+        do {
+            let recovered = try d.body()
+            coreEpoch = 0
+            connectedSinceMs = nil
+            core.step(.restarted(recovered), into: &queued)
+        } catch {
+            d.error = error
+            note("demotion failed: \(error)")
+        }
+        d.done = true
+        demotion = nil
+        gateClosed = false
+        condition.broadcast()
+    }
+
     /// For `twinfs verify`: per location, whether the core may still copy it (out of sync: written here and not
     /// acknowledged, a write running included; or not compared yet, after a crash or while joining): a difference
     /// there is a copy in flight, not a missed one. Maybe-out-of-sync alone is not: it stays while the peer keeps
@@ -272,9 +372,16 @@ public final class MirrorShell: @unchecked Sendable {
         while true {
             condition.lock()
             while inbox.isEmpty && queued.isEmpty && !stopping {
+                if demotion != nil && running.isEmpty { break }
                 let now = nowMs
                 if now >= lastTickMs + Self.tickMs || now >= wakeAtMs { break }
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(Self.tickMs) / 1000))
+            }
+            if let d = demotion, running.isEmpty, queued.isEmpty, persistToken == nil, syncedWrites.isEmpty, !stopping {
+                restartForDemotion(d)
+                condition.unlock()
+                publishStatus()
+                continue
             }
             if stopping {
                 stopped = true
@@ -408,7 +515,7 @@ public final class MirrorShell: @unchecked Sendable {
                 for ino in harden { try volume.store.syncData(ino) }
                 try volume.mirrorPersist(
                     batch.entries.map { Store.MirrorStateRow(ino: $0.location.ino, slot: $0.location.slot, state: $0.state.rawValue) },
-                    clockReservation: batch.clockReservation, joinCompleted: batch.joinCompleted)
+                    clockReservation: batch.clockReservation, joinCompleted: batch.joinCompleted, sole: batch.sole)
                 persistBatches += 1
                 if persistToken.map({ $0 < token }) ?? true { persistToken = token }
                 succeeded(token)
@@ -419,6 +526,7 @@ public final class MirrorShell: @unchecked Sendable {
             invalidate?(location.ino)
         case .grant(let id, let stamps):
             if let w = waiters.removeValue(forKey: id) {
+                running.insert(id)
                 w.grant = .granted(stamps)
                 w.semaphore.signal()
             }

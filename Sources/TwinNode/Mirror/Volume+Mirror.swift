@@ -181,12 +181,12 @@ extension Volume {
         }
     }
 
-    func mirrorPersist(_ rows: [Store.MirrorStateRow], clockReservation: UInt64?, joinCompleted: Bool) throws {
+    func mirrorPersist(_ rows: [Store.MirrorStateRow], clockReservation: UInt64?, joinCompleted: Bool, sole: Bool?) throws {
         try lock.withLock {
             defer { store.database.releaseStatements() }
             try store.withReserveOnFullDisk {
                 try store.database.transaction {
-                    try store.writeMirrorState(rows, clockReservation: clockReservation, joinCompleted: joinCompleted)
+                    try store.writeMirrorState(rows, clockReservation: clockReservation, joinCompleted: joinCompleted, sole: sole)
                 }
             }
         }
@@ -194,6 +194,15 @@ extension Volume {
 
     func syncMetadata() throws {
         try walSyncer.wait(walSyncer.begin())
+    }
+
+    /// Runs `body` on the store directly, with the volume lock held and no mirror involved: for the daemon's own
+    /// bookkeeping (promotion counters, conflict preservation), never for a filesystem operation.
+    public func withStore<T>(_ body: (Store) throws -> T) throws -> T {
+        try lock.withLock {
+            defer { store.database.releaseStatements() }
+            return try body(store)
+        }
     }
 
     /// fsync=mirror: waits until the peer durably holds the file's record and every track it has.

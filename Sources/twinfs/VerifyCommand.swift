@@ -69,46 +69,13 @@ struct VerifyCommand: ParsableCommand {
     }
 
     static func ask(_ path: String, _ request: String) throws -> [String: Any] {
-        guard let bytes = query(storePath: path, request: request, timeoutMs: 10_000) else {
+        guard let bytes = ControlServer.query(storePath: path, request: request, timeoutMs: 10_000) else {
             throw UsageError(message: "store \(path) is not mounted: verify runs in the daemon of a mounted store")
         }
         guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw UsageError(message: "the daemon serving \(path) gave an unreadable answer")
         }
         return object
-    }
-
-    /// One request line to the daemon's control socket, its whole answer back; nil when no daemon answers. (The
-    /// same exchange as `ControlServer.query(storePath:request:)`, kept here so that this command builds on its own.)
-    static func query(storePath: String, request: String, timeoutMs: Int) -> [UInt8]? {
-        let path = storePath + "/" + ControlServer.fileName
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { return nil }
-        let line = Array((request + "\n").utf8)
-        guard line.withUnsafeBytes({ send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else { return nil }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16 << 10)
-        while out.count <= ControlServer.maxAnswerBytes {
-            let n = recv(fd, &chunk, chunk.count, 0)
-            if n <= 0 { break }
-            out += chunk[0..<n]
-        }
-        return out.isEmpty ? nil : out
     }
 
     static func describe(_ report: [String: Any], node: String, path: String) -> String {

@@ -61,16 +61,6 @@ extension Store {
         "mirror_split_promotion", "mirror_split_seen",
     ]
 
-    private func counter(_ name: String) throws -> UInt64 {
-        let s = try database.statement("SELECT value FROM counters WHERE name = ?").bind(.text(name))
-        guard try s.step() else { throw StoreError.corrupt(path: root, detail: "counter \(name) missing") }
-        return UInt64(bitPattern: s.int(0))
-    }
-
-    private func setCounter(_ name: String, _ value: UInt64) throws {
-        try database.statement("UPDATE counters SET value = ? WHERE name = ?").bind(.u64(value), .text(name)).run()
-    }
-
     public func promotionRecord() throws -> PromotionRecord {
         defer { database.releaseStatements() }
         let split = try counter("mirror_split_brain") != 0

@@ -290,13 +290,13 @@ public final class Store {
 
     // MARK: counters
 
-    private func counter(_ name: String) throws -> UInt64 {
+    func counter(_ name: String) throws -> UInt64 {
         let s = try database.statement("SELECT value FROM counters WHERE name = ?").bind(.text(name))
         guard try s.step() else { throw StoreError.corrupt(path: root, detail: "counter \(name) missing") }
         return UInt64(bitPattern: s.int(0))
     }
 
-    private func setCounter(_ name: String, _ value: UInt64) throws {
+    func setCounter(_ name: String, _ value: UInt64) throws {
         try database.statement("UPDATE counters SET value = ? WHERE name = ?").bind(.u64(value), .text(name)).run()
     }
 

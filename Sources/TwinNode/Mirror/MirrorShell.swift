@@ -159,16 +159,7 @@ public final class MirrorShell: @unchecked Sendable {
         stopping = true
         condition.broadcast()
         while !stopped { condition.wait() }
-        for (_, w) in waiters {
-            w.grant = .failed(.aborted)
-            w.semaphore.signal()
-        }
-        waiters.removeAll()
-        for (_, w) in flushWaiters {
-            w.flushError = .some(.aborted)
-            w.semaphore.signal()
-        }
-        flushWaiters.removeAll()
+        abortWaiters()
         condition.unlock()
     }
 
@@ -310,8 +301,8 @@ public final class MirrorShell: @unchecked Sendable {
         if let error = d.error { throw error }
     }
 
-    /// Executor, with `condition` held, between rounds.
-    private func restartForDemotion(_ d: Demotion) {
+    /// Every operation and flush still waiting fails (EIO). With `condition` held.
+    private func abortWaiters() {
         for (_, w) in waiters {
             w.grant = .failed(.aborted)
             w.semaphore.signal()
@@ -322,6 +313,11 @@ public final class MirrorShell: @unchecked Sendable {
             w.semaphore.signal()
         }
         flushWaiters.removeAll()
+    }
+
+    /// Executor, with `condition` held, between rounds.
+    private func restartForDemotion(_ d: Demotion) {
+        abortWaiters()
         // Messages of a refused connection and a join completed by the filler of the forgotten state are void.
         inbox.removeAll {
             switch $0 {

@@ -189,25 +189,48 @@ public final class Volume: @unchecked Sendable {
         reaper.poke()
     }
 
-    /// Deletes the queued inodes in one transaction (called by the reaper thread).
+    /// Deletes the queued inodes (called by the reaper thread). Their data files move to the trash outside the
+    /// volume lock (a rename each: nothing can reach these inodes any more), then one short transaction deletes
+    /// their records, so operations wait for neither the renames nor a long transaction.
     func reapQueued() {
+        let batch: [UInt64] = lock.withLock {
+            defer { store.database.releaseStatements() }
+            let ready = reapQueue.filter { ino in !isReferenced(ino) && ((try? store.inode(ino))??.nlink ?? 1) == 0 }
+            reapQueue.removeAll()
+            return ready
+        }
+        guard !batch.isEmpty else { return }
+        var moved: [UInt64] = []
+        var failed: [UInt64] = []
+        for ino in batch {
+            do {
+                try store.moveDataToTrash(ino)
+                moved.append(ino)
+            } catch {
+                failed.append(ino)
+            }
+        }
         lock.withLock {
             defer { store.database.releaseStatements() }
-            guard !reapQueue.isEmpty else { return }
-            let batch = reapQueue
-            reapQueue.removeAll()
             do {
                 try store.withReserveOnFullDisk {
                     try store.database.transaction {
-                        for ino in batch where !isReferenced(ino) {
-                            if let r = try store.inode(ino), r.nlink == 0 { try store.deleteInode(ino, version: store.nextVersion()) }
+                        for ino in moved {
+                            guard let r = try store.inode(ino) else { continue }
+                            guard r.nlink == 0 else {
+                                // Linked again while its data file moved (never expected): put the data back.
+                                try store.restoreDataFromTrash(ino)
+                                continue
+                            }
+                            try store.deleteInode(ino, version: store.nextVersion(), dataFileMoved: true)
                         }
                     }
                 }
             } catch {
                 // Kept for the next pass (and, failing that, deleted as orphans at the next mount).
-                reapQueue += batch
+                failed += moved
             }
+            reapQueue += failed
         }
     }
 

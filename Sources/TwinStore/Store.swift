@@ -380,16 +380,32 @@ public final class Store {
 
     /// Deletes an inode with everything it owns: record, xattrs, track versions, data file. A tombstone keeps the
     /// deletion's version, so an older copy of the inode arriving later cannot bring it back (DESIGN hazard 4).
-    public func deleteInode(_ ino: UInt64, version: UInt64? = nil) throws {
+    /// `dataFileMoved`: the caller already moved the data file to the trash (`moveDataToTrash`).
+    public func deleteInode(_ ino: UInt64, version: UInt64? = nil, dataFileMoved: Bool = false) throws {
         let tombstone = try version ?? self.version(for: .inode(ino))
         try database.statement("INSERT OR REPLACE INTO tombstones(ino, version) VALUES (?, ?)").bind(.u64(ino), .u64(tombstone)).run()
         try database.statement("DELETE FROM inodes WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM xattrs WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM tracks WHERE ino = ?").bind(.u64(ino)).run()
-        // Freeing a file's blocks can take milliseconds (ext4 with discard): the data file only moves to the
-        // trash here, and `emptyTrash` frees it later, outside every lock. Inode numbers are never reused,
-        // so a file left in the trash by a crash is never mistaken for live data.
+        if !dataFileMoved { try moveDataToTrash(ino) }
+    }
+
+    /// Freeing a file's blocks can take milliseconds (ext4 with discard): a deleted inode's data file only moves
+    /// to the trash, and `emptyTrash` frees it later, outside every lock. Inode numbers are never reused, so a
+    /// file left in the trash by a crash is never mistaken for live data. Touches no SQLite: callable without
+    /// the volume lock for an inode nothing can reach any more (no name, no reference), whose record, if a crash
+    /// comes before it is deleted, is an orphan the next mount deletes.
+    public func moveDataToTrash(_ ino: UInt64) throws {
         if renameat(dataDirFD, Self.dataRelativePath(ino), dataDirFD, "\(Self.trashDirectory)/\(String(ino, radix: 16))") != 0,
+            errno != ENOENT
+        {
+            throw FSError.fromErrno()
+        }
+    }
+
+    /// Undoes `moveDataToTrash` (before the trash was emptied).
+    public func restoreDataFromTrash(_ ino: UInt64) throws {
+        if renameat(dataDirFD, "\(Self.trashDirectory)/\(String(ino, radix: 16))", dataDirFD, Self.dataRelativePath(ino)) != 0,
             errno != ENOENT
         {
             throw FSError.fromErrno()

@@ -28,3 +28,6 @@ int twin_fallocate(int fd, int mode, off_t offset, off_t len) { return fallocate
 int twin_syncfs(int fd) { return syncfs(fd); }
 int twin_fdatasync(int fd) { return fdatasync(fd); }
 int twin_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+ssize_t twin_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags) {
+    return splice(fdin, offin, fdout, offout, len, flags);
+}

@@ -24,7 +24,7 @@ extension FuseAdapter {
             let fs = FuseAdapter.from(req)
             do {
                 guard let fi else { throw FSError.invalid }
-                fi.pointee.fh = try fs.volume.open(ino, flags: fi.pointee.flags)
+                fi.pointee.fh = try fs.volume.open(ino, flags: fi.pointee.flags, caller: FuseAdapter.caller(req))
                 // This node's page cache stays valid across opens: every change passes through this kernel,
                 // and the mirror invalidates it explicitly before the peer may change a location.
                 fi.pointee.keep_cache = 1

@@ -10,6 +10,12 @@ public struct FuseError: Error, CustomStringConvertible {
     public let description: String
 }
 
+/// The session for notifications from any thread (libfuse serialises writes to /dev/fuse itself).
+struct SessionPointer: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+}
+
 public final class FuseSession {
     private let adapter: FuseAdapter
     private let session: OpaquePointer
@@ -51,6 +57,10 @@ public final class FuseSession {
             throw FuseError(description: "cannot mount on \(mountpoint) (see the lines above from fusermount3)")
         }
         mounted = true
+        let notifier = SessionPointer(se)
+        volume.kernelAttributesChanged = { ino in _ = fuse_lowlevel_notify_inval_inode(notifier.pointer, ino, -1, 0) }
+        // Without it the mount still works, only with a GETXATTR round trip before every write.
+        _ = KernelChannel.install(on: se)
     }
 
     /// Drops the kernel's cached attributes of `ino` (and so, through auto_inval_data, its stale pages on the

@@ -73,6 +73,8 @@ public final class Volume: @unchecked Sendable {
     private let reaper = Reaper()
     let walSyncer = WALSyncer()
     private let checkpointer = WALCheckpointer()
+    /// Drops the kernel's cached attributes of an inode (set by the FUSE session): for changes no reply carries.
+    public var kernelAttributesChanged: (@Sendable (UInt64) -> Void)?
     /// The mirror this volume's operations go through (nil: a store without a peer).
     var mirror: MirrorShell?
     /// fsync returns only once the peer holds the data durably too (`-o fsync=mirror`, the default).
@@ -267,13 +269,22 @@ public final class Volume: @unchecked Sendable {
         try query(plan: { .reading(ino) }) { try record(ino) }
     }
 
-    /// libfuse leaves FUSE_CAP_HANDLE_KILLPRIV on, so the kernel does not clear set-id bits itself: as Linux
-    /// does, a write or truncate by a caller without CAP_FSETID (here: not root) clears set-user-ID, and
-    /// set-group-ID where group execute is set (without it the bit means mandatory locking, not privilege).
-    private func dropPrivilegeBits(_ r: inout InodeRecord, caller: Caller?) {
-        guard r.kind == .regular, let caller, caller.uid != 0 else { return }
+    /// The mount asks for FUSE_HANDLE_KILLPRIV_V2 (TwinFUSE's KernelChannel), so the kernel leaves privilege
+    /// killing to us. As Linux does, a write or truncate (O_TRUNC included) by a caller without CAP_FSETID (here:
+    /// not root) clears set-user-ID, and set-group-ID where group execute is set (without it the bit means
+    /// mandatory locking, not privilege); file capabilities go on every write, truncate and chown, whoever does it.
+    /// Returns true when the mode changed: the kernel still caches the old one (a write or an open reply carries
+    /// no attributes), and a stale set-user-ID bit would be honoured by exec, so the caller must tell it
+    /// (`kernelAttributesChanged`) once the operation is done.
+    @discardableResult
+    private func dropPrivilegeBits(_ r: inout InodeRecord, caller: Caller?) throws -> Bool {
+        guard r.kind == .regular else { return false }
+        try store.removeCapability(ino: r.ino)
+        guard let caller, caller.uid != 0 else { return false }
+        let before = r.mode
         r.mode &= ~UInt32(S_ISUID)
         if r.mode & UInt32(S_IXGRP) != 0 { r.mode &= ~UInt32(S_ISGID) }
+        return r.mode != before
     }
 
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges, handle: UInt64?, caller: Caller? = nil) throws -> InodeRecord {
@@ -288,16 +299,19 @@ public final class Volume: @unchecked Sendable {
             let ownerChanges = (changes.uid.map { $0 != r.uid } ?? false) || (changes.gid.map { $0 != r.gid } ?? false)
             if let uid = changes.uid { r.uid = uid }
             if let gid = changes.gid { r.gid = gid }
-            if ownerChanges && changes.mode == nil && r.kind == .regular {
-                // chown of a file drops its set-id bits, whoever does it (unless the same call sets the mode).
-                r.mode &= ~UInt32(S_ISUID)
-                if r.mode & UInt32(S_IXGRP) != 0 { r.mode &= ~UInt32(S_ISGID) }
+            if ownerChanges && r.kind == .regular {
+                // chown of a file drops its capabilities, and its set-id bits unless the same call sets the mode.
+                try store.removeCapability(ino: r.ino)
+                if changes.mode == nil {
+                    r.mode &= ~UInt32(S_ISUID)
+                    if r.mode & UInt32(S_IXGRP) != 0 { r.mode &= ~UInt32(S_ISGID) }
+                }
             }
             if let size = changes.size {
                 guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
                 try resize(&r, to: size, handle: handle)
                 r.mtime = now
-                dropPrivilegeBits(&r, caller: caller)
+                try dropPrivilegeBits(&r, caller: caller)
             }
             switch changes.atime {
             case .now: r.atime = now
@@ -602,26 +616,34 @@ public final class Volume: @unchecked Sendable {
         return handle
     }
 
-    public func open(_ ino: UInt64, flags: Int32) throws -> UInt64 {
-        try mutate(plan: { truncationPlan(ino, flags: flags) }) {
+    public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws -> UInt64 {
+        // The open reply carries no attributes: the kernel must hear of the truncation's new mode and times.
+        defer { if flags & O_TRUNC != 0 { kernelAttributesChanged?(ino) } }
+        return try mutate(plan: { truncationPlan(ino, flags: flags) }) {
             var r = try record(ino)
             guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
             let fd = try store.openData(ino, create: true)
-            if flags & O_TRUNC != 0 && r.size != 0 {
-                do {
-                    try resize(&r, to: 0, handle: nil)
-                } catch {
-                    close(fd)
-                    throw error
-                }
-                let now = Timestamp.now()
-                r.mtime = now
-                r.ctime = now
-                r.version = try store.version(for: .inode(r.ino))
-                try store.updateInode(r)
+            do {
+                try truncateAtOpen(&r, flags: flags, caller: caller)
+            } catch {
+                close(fd)
+                throw error
             }
             return register(ino, fd: fd, append: flags & O_APPEND != 0)
         }
+    }
+
+    /// O_TRUNC of an existing file, as Linux truncates at open: even an empty file gets new times and loses its
+    /// set-id bits (caller without CAP_FSETID) and capabilities.
+    private func truncateAtOpen(_ r: inout InodeRecord, flags: Int32, caller: Caller?) throws {
+        guard flags & O_TRUNC != 0 else { return }
+        if r.size != 0 { try resize(&r, to: 0, handle: nil) }
+        try dropPrivilegeBits(&r, caller: caller)
+        let now = Timestamp.now()
+        r.mtime = now
+        r.ctime = now
+        r.version = try store.version(for: .inode(r.ino))
+        try store.updateInode(r)
     }
 
     private func truncationPlan(_ ino: UInt64, flags: Int32) -> Plan {
@@ -644,14 +666,7 @@ public final class Volume: @unchecked Sendable {
                 if flags & O_EXCL != 0 { throw FSError.exists }
                 var r = try record(existing)
                 guard r.kind == .regular else { throw r.isDirectory ? FSError.isDirectory : FSError.invalid }
-                if flags & O_TRUNC != 0 && r.size != 0 {
-                    try resize(&r, to: 0, handle: nil)
-                    let now = Timestamp.now()
-                    r.mtime = now
-                    r.ctime = now
-                    r.version = try store.version(for: .inode(r.ino))
-                    try store.updateInode(r)
-                }
+                try truncateAtOpen(&r, flags: flags, caller: caller)
                 let fd = try store.openData(existing, create: true)
                 noteLookup(existing)
                 return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
@@ -707,12 +722,14 @@ public final class Volume: @unchecked Sendable {
     /// Records a completed write of `count` bytes at `offset`: size, times, versions of the inode and its tracks.
     public func didWrite(handle: UInt64, offset: UInt64, count: Int, caller: Caller? = nil) throws {
         guard count > 0 else { return }
+        var modeChanged: UInt64?
+        defer { if let ino = modeChanged { kernelAttributesChanged?(ino) } }
         try mutate {
             let f = try file(handle)
             var r = try record(f.ino)
             let end = offset + UInt64(count)
             if end > r.size { r.size = end }
-            dropPrivilegeBits(&r, caller: caller)
+            if try dropPrivilegeBits(&r, caller: caller) { modeChanged = r.ino }
             let now = Timestamp.now()
             r.mtime = now
             r.ctime = now

@@ -580,6 +580,14 @@ public final class Store {
         try database.statement("INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?,?,?)").bind(.u64(ino), .blob(name), .blob(value)).run()
     }
 
+    /// Drops the file capabilities of `ino`, as Linux does on every write, truncate and chown of a file (the
+    /// kernel leaves this to the filesystem under FUSE_HANDLE_KILLPRIV_V2). No query while no inode has any.
+    @discardableResult
+    public func removeCapability(ino: UInt64) throws -> Bool {
+        guard mayHaveCapabilityXattrs else { return false }
+        return try removeXattr(ino: ino, name: Self.capabilityXattr)
+    }
+
     public func removeXattr(ino: UInt64, name: [UInt8]) throws -> Bool {
         try database.statement("DELETE FROM xattrs WHERE ino = ? AND name = ?").bind(.u64(ino), .blob(name)).run()
         return database.changes > 0

@@ -24,3 +24,4 @@ int twin_fallocate(int fd, int mode, off_t offset, off_t len);
 int twin_syncfs(int fd);
 int twin_fdatasync(int fd);
 int twin_pipe2_cloexec(int fds[2]);
+ssize_t twin_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags);

@@ -7,6 +7,7 @@
 #include <linux/fs.h>
 #include <linux/falloc.h>
 #include <sys/xattr.h>
+#include <sys/ioctl.h>
 
 const int twin_O_PATH = O_PATH;
 const int twin_O_DIRECT = O_DIRECT;
@@ -30,4 +31,14 @@ int twin_fdatasync(int fd) { return fdatasync(fd); }
 int twin_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 ssize_t twin_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags) {
     return splice(fdin, offin, fdout, offout, len, flags);
+}
+int twin_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
+    return renameat2(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+int twin_set_topdir(int fd) {
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0) return -1;
+    if (flags & FS_TOPDIR_FL) return 0;
+    flags |= FS_TOPDIR_FL;
+    return ioctl(fd, FS_IOC_SETFLAGS, &flags);
 }

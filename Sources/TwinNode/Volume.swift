@@ -672,7 +672,7 @@ public final class Volume: @unchecked Sendable {
                 return (r, register(existing, fd: fd, append: flags & O_APPEND != 0))
             }
             let r = try makeNode(parent: parent, name: name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller, ino: ino, nameChecked: true)
-            let fd = try store.openData(r.ino, create: true)
+            let fd = try store.createData(r.ino)
             return (r, register(r.ino, fd: fd, append: flags & O_APPEND != 0))
         }
     }

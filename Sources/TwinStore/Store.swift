@@ -24,6 +24,7 @@ public final class Store {
     public let database: SQLiteDatabase
     private let lockFD: Int32
     private let dataDirFD: Int32
+    private let nursery: Nursery
     private var walFD: Int32 = -1
 
     private var nextInodeSequence: UInt64 = 0
@@ -146,9 +147,11 @@ public final class Store {
         self.database = database
         self.lockFD = lockFD
         self.dataDirFD = dataDirFD
+        self.nursery = Nursery(dataDirFD: dataDirFD)
     }
 
     deinit {
+        nursery.close()
         if walFD >= 0 { Glibc.close(walFD) }
         Glibc.close(dataDirFD)
         Glibc.close(lockFD)  // releases the flock
@@ -224,6 +227,7 @@ public final class Store {
                 try store.prepareChecksums()
                 try store.removeOrphans()
                 store.emptyTrash()
+                Nursery.clearLeftovers(dataDirFD: dataDirFD)
                 try store.openWAL()
                 try store.startCheckpointing()
                 // One scan of the xattrs at mount (they are few next to inodes and tracks).
@@ -639,6 +643,12 @@ public final class Store {
         "\(hex2(Int(ino & 0xff)))/\(String(ino, radix: 16))"
     }
 
+    /// Creates the data file of a new inode (born in the nursery, see Nursery.swift) and opens it read-write.
+    public func createData(_ ino: UInt64) throws -> Int32 {
+        if let fd = nursery.createData(named: String(ino, radix: 16), at: Self.dataRelativePath(ino)) { return fd }
+        return try openData(ino, create: true)
+    }
+
     /// Opens the sparse data file of `ino` read-write (creating it empty if asked).
     public func openData(_ ino: UInt64, create: Bool) throws -> Int32 {
         let fd = openat(dataDirFD, Self.dataRelativePath(ino), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0o600)
@@ -669,6 +679,7 @@ public final class Store {
 
     /// A clean shutdown: metadata checkpointed into meta.db and everything in the store on disk.
     public func close() throws {
+        nursery.close()
         checkpointLock.withLock {
             closed = true
             checkpointer = nil

@@ -123,6 +123,39 @@ final class StoreTests: XCTestCase {
         XCTAssertNil(try store.xattr(ino: orphan, name: Array("user.x".utf8)))
     }
 
+    func testNewDataFilesAreBornInANurseryAndNamedInTheirDataDirectory() throws {
+        try Store.create(at: storePath, nodeName: "a", trackBytes: 65536)
+        let nurseries = { (try FileManager.default.contentsOfDirectory(atPath: self.storePath + "/data")).filter { $0.hasPrefix(Nursery.prefix) } }
+        do {
+            let store = try Store.open(at: storePath)
+            var inos: [UInt64] = []
+            for _ in 0..<(Nursery.filesPerNursery + 3) {
+                let ino = try store.allocateInodeNumber()
+                let fd = try store.createData(ino)
+                XCTAssertEqual(pwrite(fd, "data", 4, 0), 4)
+                Glibc.close(fd)
+                inos.append(ino)
+            }
+            for ino in [inos[0], inos[Nursery.filesPerNursery], inos.last!] {
+                let fd = try store.openData(ino, create: false)
+                XCTAssertGreaterThanOrEqual(fd, 0, "inode \(ino) has its data file in its data directory")
+                var byte: UInt8 = 0
+                XCTAssertEqual(pread(fd, &byte, 1, 0), 1)
+                Glibc.close(fd)
+            }
+            let current = try nurseries()
+            XCTAssertEqual(current.count, 1, "a used-up nursery goes: \(current)")
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: storePath + "/data/" + current[0]), [], "nothing stays in the nursery")
+            try store.close()
+        }
+        XCTAssertEqual(try nurseries(), [], "closing the store removes its nursery")
+        // A crash between a file's birth and its naming leaves it in the nursery: the next open removes both.
+        try FileManager.default.createDirectory(atPath: storePath + "/data/\(Nursery.prefix)1-1", withIntermediateDirectories: false)
+        FileManager.default.createFile(atPath: storePath + "/data/\(Nursery.prefix)1-1/abc", contents: Data())
+        _ = try Store.open(at: storePath)
+        XCTAssertEqual(try nurseries(), [])
+    }
+
     func testTrackVersionsFollowWritesAndTruncates() throws {
         try Store.create(at: storePath, nodeName: "a", trackBytes: 4096)
         let store = try Store.open(at: storePath)

@@ -25,3 +25,5 @@ int twin_syncfs(int fd);
 int twin_fdatasync(int fd);
 int twin_pipe2_cloexec(int fds[2]);
 ssize_t twin_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags);
+int twin_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+int twin_set_topdir(int fd);

@@ -10,6 +10,14 @@ final class Reaper: @unchecked Sendable {
     private var cond = pthread_cond_t()
     private var pending = false
     static let gatherUs: UInt32 = 20_000
+    /// No store change for this long: a pause in which reaping delays no one.
+    static let quietMs: UInt64 = 50
+    /// Reap anyway after this long, or with this many inodes waiting (their space is not free until then).
+    static let maxDelayMs: UInt64 = 2_000
+    static let maxBacklog = 8_192
+    /// Inodes per transaction, and the pause between two, in which waiting operations take the lock.
+    static let chunk = 64
+    static let chunkPauseUs: UInt32 = 500
 
     init() {
         pthread_mutex_init(&mutex, nil)
@@ -34,11 +42,18 @@ final class Reaper: @unchecked Sendable {
             while !pending { pthread_cond_wait(&cond, &mutex) }
             pending = false
             pthread_mutex_unlock(&mutex)
-            // Nothing waits for a reap: gather what arrives in the next moment (an `rm -rf` sends thousands of
-            // forgets) into one transaction instead of one each.
-            usleep(Self.gatherUs)
+            // Nothing waits for a reap, and every reap holds the volume lock for a moment: while operations keep
+            // coming (an `rm -rf`, thousands of forgets) wait for a pause, as long as the backlog stays small
+            // and young; then delete in short transactions, leaving the lock free in between.
+            let startNs = MirrorShell.monotonicNs()
+            while true {
+                usleep(Self.gatherUs)
+                let nowNs = MirrorShell.monotonicNs()
+                let quiet = nowNs &- volume.lastMutationNs.load(ordering: .relaxed) >= Self.quietMs * 1_000_000
+                if quiet || nowNs - startNs >= Self.maxDelayMs * 1_000_000 || volume.reapBacklog >= Self.maxBacklog { break }
+            }
             guard volume.backgroundGate.enter() else { return }
-            volume.reapQueued()
+            while volume.reapQueued(limit: Self.chunk) == Self.chunk { usleep(Self.chunkPauseUs) }
             volume.store.emptyTrash()
             volume.store.replenishReserve()
             volume.backgroundGate.leave()

@@ -5,6 +5,7 @@
 import Glibc
 import CLinuxShims
 import TwinStore
+import Synchronization
 
 public struct Caller: Sendable {
     public var uid: UInt32
@@ -121,7 +122,8 @@ public final class Volume: @unchecked Sendable {
     /// `freesSpace`: the operation gives space back (unlink, rmdir, rename over, truncate, removexattr), so on a
     /// full disk it may use the store's reserve to get its own transaction written.
     func mutate<T>(freesSpace: Bool = false, plan: () throws -> Plan = { Plan() }, _ body: () throws -> T) throws -> T {
-        try guarded(plan) { try lock.withLock {
+        lastMutationNs.store(MirrorShell.monotonicNs(), ordering: .relaxed)
+        return try guarded(plan) { try lock.withLock {
             defer { store.database.releaseStatements() }
             do {
                 if freesSpace {
@@ -191,17 +193,22 @@ public final class Volume: @unchecked Sendable {
         reaper.poke()
     }
 
-    /// Deletes the queued inodes (called by the reaper thread). Their data files move to the trash outside the
-    /// volume lock (a rename each: nothing can reach these inodes any more), then one short transaction deletes
-    /// their records, so operations wait for neither the renames nor a long transaction.
-    func reapQueued() {
+    /// Inodes waiting for the reaper, and when the last operation changed the store (for the reaper's pacing).
+    var reapBacklog: Int { lock.withLock { reapQueue.count } }
+    let lastMutationNs = Atomic<UInt64>(0)
+
+    /// Deletes up to `limit` queued inodes (called by the reaper thread); returns how many it took. Their data
+    /// files move to the trash outside the volume lock (a rename each: nothing can reach these inodes any more),
+    /// then one short transaction deletes their records, so operations wait for neither.
+    @discardableResult
+    func reapQueued(limit: Int = Int.max) -> Int {
         let batch: [UInt64] = lock.withLock {
             defer { store.database.releaseStatements() }
-            let ready = reapQueue.filter { ino in !isReferenced(ino) && ((try? store.inode(ino))??.nlink ?? 1) == 0 }
-            reapQueue.removeAll()
-            return ready
+            let taken = Array(reapQueue.prefix(limit))
+            reapQueue.removeFirst(taken.count)
+            return taken.filter { ino in !isReferenced(ino) && ((try? store.inode(ino))??.nlink ?? 1) == 0 }
         }
-        guard !batch.isEmpty else { return }
+        guard !batch.isEmpty else { return 0 }
         var moved: [UInt64] = []
         var failed: [UInt64] = []
         for ino in batch {
@@ -234,6 +241,7 @@ public final class Volume: @unchecked Sendable {
             }
             reapQueue += failed
         }
+        return batch.count
     }
 
     // MARK: lookup and attributes

@@ -68,6 +68,15 @@ public final class Volume: @unchecked Sendable {
     private var handles: [UInt64: OpenFile] = [:]
     private var nextHandle: UInt64 = 1
 
+    /// fdatasync needs the WAL flushed only when what a later read depends on changed: the inode's existence or
+    /// size (the data file's own blocks are its fdatasync's business; times and versions wait for fsync). Inode ->
+    /// the commit that last changed either; entries a WAL flush covered are dropped as they are met.
+    private var shapeCommits: [UInt64: UInt64] = [:]
+    /// Until a WAL flush covers this commit, every fdatasync flushes the WAL (after mount: commits recovered from
+    /// the WAL of a crashed daemon may not be on the disk yet; after `shapeCommits` overflowed).
+    private var shapeUncertainUntil: UInt64 = 1
+    static let maxShapeEntries = 65_536
+
     /// Inodes with no name left that the kernel or an open file still refers to (unlinked while open).
     private var unlinkedButReferenced: Set<UInt64> = []
     private var reapQueue: [UInt64] = []
@@ -175,6 +184,32 @@ public final class Volume: @unchecked Sendable {
         dir.ctime = now
         dir.version = try store.version(for: .inode(dir.ino))
         try store.updateInode(dir)
+    }
+
+    /// Call inside a mutation whose commit creates `ino` or changes its size.
+    private func noteShapeChange(_ ino: UInt64) {
+        let thisCommit = store.commitCount + 1
+        if shapeCommits.count >= Self.maxShapeEntries {
+            let durable = walSyncer.durableCommits.load(ordering: .acquiring)
+            shapeCommits = shapeCommits.filter { $0.value > durable }
+            if shapeCommits.count >= Self.maxShapeEntries {
+                shapeCommits.removeAll()
+                shapeUncertainUntil = thisCommit
+            }
+        }
+        shapeCommits[ino] = thisCommit
+    }
+
+    /// Whether an fdatasync of `ino` must flush the WAL too (lock held).
+    private func dataSyncNeedsMetadata(_ ino: UInt64) -> Bool {
+        let durable = walSyncer.durableCommits.load(ordering: .acquiring)
+        if shapeUncertainUntil > durable { return true }
+        guard let commit = shapeCommits[ino] else { return false }
+        if commit <= durable {
+            shapeCommits[ino] = nil
+            return false
+        }
+        return true
     }
 
     private func noteLookup(_ ino: UInt64) {
@@ -349,6 +384,7 @@ public final class Volume: @unchecked Sendable {
         }
         defer { if ownFD { close(fd) } }
         guard ftruncate(fd, off_t(size)) == 0 else { throw FSError.fromErrno() }
+        noteShapeChange(r.ino)
         let oldSize = r.size
         r.size = size
         r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: fd)
@@ -402,6 +438,7 @@ public final class Volume: @unchecked Sendable {
             ino: ino, mode: finalMode, uid: caller.uid, gid: gid, nlink: isDir ? 2 : 1,
             size: UInt64(target.count), time: now, rdev: rdev, version: try store.version(for: .inode(ino)), target: target)
         try store.insertInode(r)
+        noteShapeChange(r.ino)
         try store.insertEntry(parent: parent, name: name, ino: r.ino)
         if isDir { dir.nlink += 1 }
         try touchDirectory(&dir, now: now)
@@ -736,7 +773,10 @@ public final class Volume: @unchecked Sendable {
             let f = try file(handle)
             var r = try record(f.ino)
             let end = offset + UInt64(count)
-            if end > r.size { r.size = end }
+            if end > r.size {
+                r.size = end
+                noteShapeChange(r.ino)
+            }
             if try dropPrivilegeBits(&r, caller: caller) { modeChanged = r.ino }
             let now = Timestamp.now()
             r.mtime = now
@@ -752,7 +792,14 @@ public final class Volume: @unchecked Sendable {
     /// outside the volume lock: every commit the caller depends on is already in the WAL. fdatasync suffices for
     /// the data file even for fsync(2): the file's attributes live in SQLite, not in the data file's inode.
     public func fsync(handle: UInt64?, ino: UInt64, dataOnly: Bool) throws {
-        let fd: Int32? = try query { try handle.map { try file($0).fd } }
+        let (fd, needsMetadata): (Int32?, Bool) = try query {
+            (try handle.map { try file($0).fd }, !dataOnly || mirror != nil || dataSyncNeedsMetadata(ino))
+        }
+        guard needsMetadata else {
+            // fdatasync of a file whose size and existence are durable already: its data file is all there is.
+            if let fd, twin_fdatasync(fd) != 0 { throw FSError.fromErrno() }
+            return
+        }
         let ticket = walSyncer.begin()
         var dataError: FSError?
         if let fd, twin_fdatasync(fd) != 0 { dataError = FSError.fromErrno() }
@@ -800,6 +847,7 @@ public final class Volume: @unchecked Sendable {
             } else if !mode.contains(.keepSize), end > r.size {
                 r.size = end
                 r.mtime = now
+                noteShapeChange(r.ino)
             }
             r.ctime = now
             r.version = try store.version(for: .inode(r.ino))

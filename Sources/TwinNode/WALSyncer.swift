@@ -5,6 +5,7 @@
 // WAL into meta.db off the FUSE threads. Never: touch the volume's SQLite connection (only the WAL's descriptor,
 // via Store.syncMetadata, and the store's checkpoint connection, via Store.checkpointInBackground).
 import Glibc
+import Synchronization
 import TwinStore
 
 final class WALSyncer: @unchecked Sendable {
@@ -15,6 +16,10 @@ final class WALSyncer: @unchecked Sendable {
     private var completed: UInt64 = 0
     private var lastError: FSError?
     private var errorGeneration: UInt64 = 0
+    /// Store commits (Store.commitCount) the last successful flush covered: all of them are durable.
+    let durableCommits = Atomic<UInt64>(0)
+    /// Flushes of the WAL actually made (for tests and status).
+    let flushes = Atomic<UInt64>(0)
 
     init() {
         pthread_mutex_init(&mutex, nil)
@@ -60,6 +65,8 @@ final class WALSyncer: @unchecked Sendable {
                 do {
                     try store.syncMetadata()
                     flushedCommits = commits
+                    durableCommits.store(commits, ordering: .releasing)
+                    flushes.add(1, ordering: .relaxed)
                 } catch {
                     failure = (error as? FSError) ?? .io
                 }

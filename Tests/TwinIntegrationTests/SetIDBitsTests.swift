@@ -5,6 +5,15 @@ import Foundation
 import XCTest
 
 final class SetIDBitsTests: MountingTestCase {
+    /// Runs `setup` as root, `asUser` as uid 1000 and `report` as root in each directory ($D); the reports.
+    private func runOnBoth(_ dirs: [String], setup: String, asUser: String, report: String) -> [String] {
+        dirs.map { dir in
+            shell("D=\(quote(dir))\n" + setup)
+            shell("D=\(quote(dir))\n" + asUser, as: (1000, 1000))
+            return shell("D=\(quote(dir))\n" + report).stdout
+        }
+    }
+
     func testWritesTruncatesAndChownClearSetIDBitsLikeALocalFilesystem() throws {
         let m = try freshMount()
         let local = makeDir("local", mode: 0o777)
@@ -23,12 +32,7 @@ final class SetIDBitsTests: MountingTestCase {
             echo user >> nogx
             """
         let report = "cd \"$D\"; for f in write trunc keep nogx chown; do stat -c '%n %a' $f; done"
-        var outputs: [String] = []
-        for dir in [local, m.mountpoint] {
-            shell("D=\(quote(dir))\n" + setup)
-            shell("D=\(quote(dir))\n" + asUser, as: (1000, 1000))
-            outputs.append(shell("D=\(quote(dir))\n" + report).stdout)
-        }
+        let outputs = runOnBoth([local, m.mountpoint], setup: setup, asUser: asUser, report: report)
         XCTAssertEqual(outputs[1], outputs[0], "modes on twinfs (second) differ from the local disk (first)")
         XCTAssertTrue(outputs[1].contains("write 755"), "an unprivileged write clears both set-id bits: \(outputs[1])")
         XCTAssertTrue(outputs[1].contains("keep 6755"), "root's write keeps them: \(outputs[1])")
@@ -63,12 +67,7 @@ final class SetIDBitsTests: MountingTestCase {
               if getfattr --absolute-names -n security.capability $f >/dev/null 2>&1; then echo "$f has caps"; else echo "$f no caps"; fi
             done
             """
-        var outputs: [String] = []
-        for dir in [local, m.mountpoint] {
-            shell("D=\(quote(dir))\n" + setup)
-            shell("D=\(quote(dir))\n" + asUser, as: (1000, 1000))
-            outputs.append(shell("D=\(quote(dir))\n" + report).stdout)
-        }
+        let outputs = runOnBoth([local, m.mountpoint], setup: setup, asUser: asUser, report: report)
         XCTAssertEqual(outputs[1], outputs[0], "twinfs (second) differs from the local disk (first)")
         XCTAssertTrue(outputs[1].contains("otrunc 755 0"), "an unprivileged O_TRUNC clears both set-id bits: \(outputs[1])")
         XCTAssertTrue(outputs[1].contains("otrunc-empty 755 0"), "even of an empty file: \(outputs[1])")

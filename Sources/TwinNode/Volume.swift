@@ -106,6 +106,7 @@ public final class Volume: @unchecked Sendable {
         walSyncer.start(store)
         let checkpointer = self.checkpointer
         store.checkpointWanted = { checkpointer.poke() }
+        checkpointer.idle = { [weak self] in self?.truncateWALIfQuiet() }
         checkpointer.start(store)
     }
 
@@ -226,6 +227,31 @@ public final class Volume: @unchecked Sendable {
         guard !isReferenced(ino), unlinkedButReferenced.remove(ino) != nil else { return }
         reapQueue.append(ino)
         reaper.poke()
+    }
+
+    /// Once no commit (of an operation, the mirror or the reaper) came for `walTruncateQuietMs`, the WAL goes
+    /// into meta.db and starts over empty (Store.checkpointAndTruncate): it holds the lock for one checkpoint,
+    /// only after a pause. Called by the checkpointer thread every 100 ms while it has nothing else to do.
+    static let walTruncateQuietMs: UInt64 = 500
+    private var idleCommits: (count: UInt64, sinceNs: UInt64) = (0, 0)
+    private var commitsAtLastTruncation: UInt64 = 0
+
+    func truncateWALIfQuiet() {
+        let commits = store.commitCount
+        let nowNs = MirrorShell.monotonicNs()
+        if commits != idleCommits.count {
+            idleCommits = (commits, nowNs)
+            return
+        }
+        guard commits != commitsAtLastTruncation, nowNs &- idleCommits.sinceNs >= Self.walTruncateQuietMs * 1_000_000,
+            backgroundGate.enter()
+        else { return }
+        defer { backgroundGate.leave() }
+        lock.withLock {
+            guard store.commitCount == commits else { return }
+            store.database.releaseStatements()
+            if store.checkpointAndTruncate() { commitsAtLastTruncation = commits }
+        }
     }
 
     /// Inodes waiting for the reaper, and when the last operation changed the store (for the reaper's pacing).

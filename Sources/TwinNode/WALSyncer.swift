@@ -106,6 +106,10 @@ final class WALCheckpointer: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
+    /// Called every `idleCheckIntervalMs` while no checkpoint is wanted (the volume's truncation when quiet).
+    var idle: (() -> Void)?
+    static let idleCheckIntervalMs = 100
+
     func start(_ store: Store) {
         spawnDetachedThread { self.run(store) }
     }
@@ -113,7 +117,20 @@ final class WALCheckpointer: @unchecked Sendable {
     private func run(_ store: Store) {
         while true {
             pthread_mutex_lock(&mutex)
-            while !pending { pthread_cond_wait(&cond, &mutex) }
+            while !pending {
+                var deadline = timespec()
+                clock_gettime(CLOCK_REALTIME, &deadline)
+                deadline.tv_nsec += Self.idleCheckIntervalMs * 1_000_000
+                if deadline.tv_nsec >= 1_000_000_000 {
+                    deadline.tv_sec += 1
+                    deadline.tv_nsec -= 1_000_000_000
+                }
+                if pthread_cond_timedwait(&cond, &mutex, &deadline) == ETIMEDOUT && !pending {
+                    pthread_mutex_unlock(&mutex)
+                    idle?()
+                    pthread_mutex_lock(&mutex)
+                }
+            }
             pending = false
             pthread_mutex_unlock(&mutex)
             if !store.checkpointInBackground() { return }

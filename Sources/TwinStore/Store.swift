@@ -289,6 +289,19 @@ public final class Store {
         }
     }
 
+    /// Copies the whole WAL into meta.db and truncates it to nothing, on the store's own connection: call with the
+    /// volume lock held, when the store has gone quiet. Frames written afterwards append to an empty file, so
+    /// none rewrites a WAL page the kernel may have evicted (which costs a read of the block first), and the
+    /// background checkpointer never has old frames to read back from the disk. Returns false when something
+    /// (the background checkpointer, a reader) was in the way: nothing happened, and nothing is lost.
+    @discardableResult
+    public func checkpointAndTruncate() -> Bool {
+        checkpointLock.withLock {
+            guard !closed, let result = try? database.checkpoint(.truncate) else { return false }
+            return result.frames == result.copied
+        }
+    }
+
     /// Frames in the WAL after this connection's last commit (for tests and status).
     public var walFrames: Int { database.walFrames }
 

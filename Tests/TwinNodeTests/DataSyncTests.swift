@@ -7,22 +7,7 @@ import XCTest
 @testable import TwinNode
 @testable import TwinStore
 
-final class DataSyncTests: XCTestCase {
-    var dir = ""
-    var volume: Volume?
-    let user = Caller(uid: 1000, gid: 1000)
-
-    override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("datasync-\(UUID().uuidString)").path
-        try Store.create(at: dir + "/store", nodeName: "a", trackBytes: 65536)
-        volume = Volume(store: try Store.open(at: dir + "/store"))
-    }
-
-    override func tearDownWithError() throws {
-        try? volume?.shutDown()
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
+final class DataSyncTests: VolumeTestCase {
     private func write(_ v: Volume, _ handle: UInt64, at offset: UInt64, _ count: Int = 4096) throws {
         let bytes = [UInt8](repeating: 7, count: count)
         _ = try v.withWriteTarget(handle: handle, offset: offset, count: count, caller: user) { fd, position in

@@ -7,22 +7,7 @@ import XCTest
 @testable import TwinNode
 @testable import TwinStore
 
-final class QuietCheckpointTests: XCTestCase {
-    var dir = ""
-    var volume: Volume?
-    let user = Caller(uid: 1000, gid: 1000)
-
-    override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("quiet-\(UUID().uuidString)").path
-        try Store.create(at: dir + "/store", nodeName: "a", trackBytes: 65536)
-        volume = Volume(store: try Store.open(at: dir + "/store"))
-    }
-
-    override func tearDownWithError() throws {
-        try? volume?.shutDown()
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
+final class QuietCheckpointTests: VolumeTestCase {
     private var walBytes: Int {
         (try? FileManager.default.attributesOfItem(atPath: dir + "/store/meta.db-wal")[.size] as? Int) ?? -1
     }

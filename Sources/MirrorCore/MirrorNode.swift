@@ -1403,9 +1403,15 @@ public final class MirrorNode {
         for ino in bits.inodeNumbers { bits.setPushCursor(ino, 0); pushQueue.insert(ino) }
         // Releases that may have died with the last connection, for locations still released (no token, nothing
         // unsynced, no mark of ours on the way): the peer's MOOS there is stale, and it clears only MOOS it can.
-        let resend = Set(releaseResend).filter {
+        let candidates = Set(releaseResend)
+        let resend = candidates.filter {
             bits.token($0) == .none && !bits.oos($0) && markOf.at($0) == nil && landing.at($0) == nil
         }.sorted()
+        // The rest are not released yet (our copy has not landed, or a mark of ours is on the way), but the peer may
+        // hold MOOS there that only a release clears: if we leave before a new token comes back, the release must
+        // still go (sim seed 1346: an answer lost with the peer's restart, then the push acked, then a leave).
+        let resendSet = Set(resend)
+        for l in candidates.sorted() where !resendSet.contains(l) && bits.token(l) != .mos { noteHandedBack(l) }
         releaseResend = []
         releasedOnConnection = resend
         let chunk = max(1, config.maxMarkItems)

@@ -218,6 +218,29 @@ final class LeavingTests: XCTestCase {
         XCTAssertEqual(p.violations, [])
     }
 
+    /// Sim seed 1346 (`--leave`): an answer hands A's token back, the answer dies with B's restart (B recovers its
+    /// MOOS), and A's copy was still unsynced at the reconnect, so the release could not be re-sent then. When A
+    /// later leaves, that release must still go, or B is left with MOOS nobody can clear.
+    func testAnAnswerLostWithThePeersRestartIsReleasedWhenLeaving() {
+        let p = Pair(a: Pair.config(.a, pushDelayTicks: 1_000))
+        p.write(.a, [track(0)], .writePartial)
+        XCTAssertEqual(p.state(.b, track(0)).token, .moos)
+        p.holdWire[Side.b.rawValue] = true
+        _ = p.request(.b, [AccessItem(track(0), .read)])
+        p.settle()
+        XCTAssertEqual(p.state(.a, track(0)).token, .none, "A answered B's pull: the token went with the answer")
+        XCTAssertTrue(p.state(.a, track(0)).outOfSync, "A's copy is not on B yet")
+        p.crash(.b)  // the answer is lost; B restarts with the MOOS it persisted
+        p.holdWire[Side.b.rawValue] = false
+        p.connect()
+        XCTAssertEqual(p.state(.b, track(0)).token, .moos)
+        p.feed(.a, .leaveRequested)
+        p.settle()
+        XCTAssertEqual(p.core(.a).status.oosCount, 0)
+        XCTAssertEqual(p.core(.b).status.moosCount, 0, "B can serve everything alone once A has left")
+        XCTAssertEqual(p.violations, [])
+    }
+
     func testAReleaseLostWithTheConnectionIsSentAgain() {
         let p = Pair(a: Pair.config(.a, release: ReleasePolicy(enabled: true, coldAfterTicks: 100)))
         p.write(.a, [track(0)], .writePartial)

@@ -55,6 +55,13 @@ final class ToolProcess: @unchecked Sendable {
 
 enum ToolError: Error { case missing }
 
+/// Sweeps seeds 0..<`seeds` with `flags` (stopping after 5 failures) and expects every seed to run and pass.
+func expectSweepPasses(_ flags: [String], seeds: Int) throws {
+    let run = try ToolProcess(["--seeds", "0..\(seeds - 1)", "--max-failures", "5"] + flags).wait()
+    #expect(run.status == 0, "sweep \(flags) found violations:\n\(run.lastLines)")
+    #expect(run.output.contains("seeds=\(seeds) "), "the sweep did not run all its seeds:\n\(run.lastLines)")
+}
+
 @Suite(.serialized) struct SimulatorSweeps {
     /// The CI sweep: 2,000 swarm seeds (faults, crashes, all workloads) must all pass. Two halves run at once.
     @Test func twoThousandRandomSeedsPass() throws {

@@ -64,24 +64,8 @@ final class Nursery {
 
     /// Removes nurseries a crashed daemon left, with the never-named files in them.
     static func clearLeftovers(dataDirFD: Int32) {
-        let dirFD = openat(dataDirFD, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dirFD >= 0, let dir = fdopendir(dirFD) else { return }
-        defer { closedir(dir) }
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard name.hasPrefix(prefix) else { continue }
-            let nurseryFD = openat(dataDirFD, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if nurseryFD >= 0, let nursery = fdopendir(nurseryFD) {
-                while let file = readdir(nursery) {
-                    let fileName = withUnsafeBytes(of: file.pointee.d_name) { raw in
-                        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-                    }
-                    if fileName != "." && fileName != ".." { unlinkat(dirfd(nursery), fileName, 0) }
-                }
-                closedir(nursery)
-            }
+        for name in entryNames(of: ".", in: dataDirFD) ?? [] where name.hasPrefix(prefix) {
+            for file in entryNames(of: name, in: dataDirFD) ?? [] { unlinkat(dataDirFD, "\(name)/\(file)", 0) }
             unlinkat(dataDirFD, name, AT_REMOVEDIR)
         }
     }

@@ -474,22 +474,12 @@ public final class Store {
     /// any thread, without the caller's lock. Returns how many files it removed.
     @discardableResult
     public func emptyTrash() -> Int {
-        let fd = openat(dataDirFD, Self.trashDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0, let dir = fdopendir(fd) else {
+        guard let names = entryNames(of: Self.trashDirectory, in: dataDirFD) else {
             // A store from before the trash existed: make it, nothing to empty.
-            if fd < 0 { mkdirat(dataDirFD, Self.trashDirectory, 0o700) }
+            mkdirat(dataDirFD, Self.trashDirectory, 0o700)
             return 0
         }
-        defer { closedir(dir) }
-        var removed = 0
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name == "." || name == ".." { continue }
-            if unlinkat(dirfd(dir), name, 0) == 0 { removed += 1 }
-        }
-        return removed
+        return names.filter { unlinkat(dataDirFD, "\(Self.trashDirectory)/\($0)", 0) == 0 }.count
     }
 
     /// Inodes left with no links by a crash (unlinked while open) are deleted at mount.
@@ -714,6 +704,25 @@ public final class Store {
         guard fstatvfs(dataDirFD, &st) == 0 else { throw FSError.fromErrno() }
         return st
     }
+}
+
+/// The names in directory `path` under `dirFD`, without "." and ".."; nil when it cannot be opened.
+func entryNames(of path: String, in dirFD: Int32) -> [String]? {
+    let fd = openat(dirFD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    guard let dir = fdopendir(fd) else {
+        Glibc.close(fd)
+        return nil
+    }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
 }
 
 func hex2(_ v: Int) -> String {

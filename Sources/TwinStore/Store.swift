@@ -44,6 +44,22 @@ public final class Store {
     /// ...and after which the committing thread checkpoints itself, because the background one has fallen
     /// behind: with statements released before each COMMIT this bounds the WAL (about 32 MiB).
     public static let forcedCheckpointFrames = 8000
+    /// Once asked for, the next background checkpoint is asked for only after the WAL grew by this many frames
+    /// more (or started over). Each pass syncs the WAL and meta.db: asked after every commit, passes ran back
+    /// to back, each copying the one or two frames committed during the last, and their device flushes queued
+    /// in front of every fsync (a third of a flush per 4 KiB write, half a flush per unlink).
+    public static let backgroundCheckpointStrideFrames = 1000
+    /// A background pass cannot start the WAL over while the writer keeps committing (SQLite restarts it only
+    /// when a transaction begins with every frame copied). When a pass leaves at most this many frames behind,
+    /// the committing thread copies them itself — a small checkpoint with the writer held — and the WAL starts
+    /// over at the next commit, long before the forced limit with its large copy under the writer's lock.
+    public static let finishCheckpointFrames = 256
+    /// The WAL's frame count when a background checkpoint was last asked for (0: not in this WAL cycle).
+    private var checkpointAskedAtFrames = 0
+    /// Frames the last background pass found copied (0: none since the WAL last started over or was finished).
+    private let backgroundCopiedFrames = Atomic<Int>(0)
+    /// The WAL's frame count after the previous commit: a smaller count means the WAL started over.
+    private var previousWALFrames = 0
     /// Called right after a commit (under the caller's lock) once the WAL holds `backgroundCheckpointFrames`;
     /// the callee arranges for `checkpointInBackground` to run on another thread. Set before the first commit.
     public var checkpointWanted: (() -> Void)?
@@ -266,13 +282,25 @@ public final class Store {
         checkpointer = background
         database.observeWAL { [unowned self] frames in
             commitCounter.add(1, ordering: .releasing)
-            if frames >= Self.forcedCheckpointFrames {
-                // The background checkpointer fell behind (it cannot finish while the writer keeps adding
-                // frames): wait for its current pass, then copy the rest with the writer held, so the WAL starts
-                // over at the next commit. A failure is retried at the next commit, as SQLite's own would be.
+            if frames < previousWALFrames {  // the WAL started over: what passes copied was of the last cycle
+                checkpointAskedAtFrames = 0
+                backgroundCopiedFrames.store(0, ordering: .relaxed)
+            }
+            previousWALFrames = frames
+            let copied = backgroundCopiedFrames.load(ordering: .acquiring)
+            let nearlyCopied = copied > 0 && frames >= copied && frames - copied <= Self.finishCheckpointFrames
+            if frames >= Self.forcedCheckpointFrames || nearlyCopied {
+                // Forced: the background checkpointer fell behind (it cannot finish while the writer keeps adding
+                // frames). Either way: wait for a running pass, then copy the rest with the writer held, so the
+                // WAL starts over at the next commit. A failure is retried at the next commit (forced) or after
+                // the next background pass, as SQLite's own would be.
+                backgroundCopiedFrames.store(0, ordering: .relaxed)
                 checkpointLock.withLock { _ = try? database.checkpoint(.passive) }
             } else if frames >= Self.backgroundCheckpointFrames {
-                checkpointWanted?()
+                if checkpointAskedAtFrames == 0 || frames >= checkpointAskedAtFrames + Self.backgroundCheckpointStrideFrames {
+                    checkpointAskedAtFrames = frames
+                    checkpointWanted?()
+                }
             }
         }
     }
@@ -284,7 +312,9 @@ public final class Store {
         checkpointLock.withLock {
             guard !closed else { return false }
             // A failure here is not lost work: the frames stay in the WAL, and the forced checkpoint bounds it.
-            _ = try? checkpointer?.checkpoint(.passive)
+            if let result = try? checkpointer?.checkpoint(.passive), result.copied > 0 {
+                backgroundCopiedFrames.store(result.copied, ordering: .releasing)
+            }
             return true
         }
     }

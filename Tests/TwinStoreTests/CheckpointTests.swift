@@ -40,6 +40,60 @@ final class CheckpointTests: XCTestCase {
         XCTAssertLessThan(largest, Store.forcedCheckpointFrames + 64, "and no further")
     }
 
+    func testAWriterThatNeverPausesAsksForABackgroundPassOncePerStrideNotAfterEveryCommit() throws {
+        let store = try Store.open(at: dir)
+        var askedAtFrames: [Int] = []
+        store.checkpointWanted = { [unowned store] in askedAtFrames.append(store.walFrames) }  // nobody answers
+        var restarts = 0
+        var previous = 0
+        for i in 0..<6_000 {
+            try commitOne(store, i)
+            if store.walFrames < previous { restarts += 1 }
+            previous = store.walFrames
+        }
+        XCTAssertGreaterThan(restarts, 0, "the forced checkpoint started the WAL over at least once")
+        XCTAssertGreaterThan(askedAtFrames.count, restarts, "every WAL cycle asked for background passes")
+        for frames in askedAtFrames {
+            XCTAssertGreaterThanOrEqual(frames, Store.backgroundCheckpointFrames, "only a large WAL asks")
+        }
+        // Each pass syncs the WAL and meta.db: asked after every commit, passes ran back to back.
+        for (earlier, later) in zip(askedAtFrames, askedAtFrames.dropFirst()) where later > earlier {
+            XCTAssertGreaterThanOrEqual(later - earlier, Store.backgroundCheckpointStrideFrames, "asked again only a stride later")
+        }
+    }
+
+    func testWhenABackgroundPassLeavesAFewFramesTheWriterCopiesThemAndTheWALStartsOverEarly() throws {
+        let store = try Store.open(at: dir)
+        // A reader's snapshot stands for the commits that land while a pass runs: the pass copies only up to it.
+        let reader = try SQLiteDatabase(path: "\(dir)/meta.db", create: false)
+        var passWanted = false
+        store.checkpointWanted = { passWanted = true }
+        var largest = 0
+        var restarts = 0
+        var previous = 0
+        var passes = 0
+        for i in 0..<12_000 {
+            try commitOne(store, i)
+            if store.walFrames < previous { restarts += 1 }
+            previous = store.walFrames
+            largest = max(largest, previous)
+            if passWanted {
+                passWanted = false
+                try reader.execute("BEGIN")
+                XCTAssertTrue(try reader.statement("SELECT count(*) FROM inodes").step())
+                try commitOne(store, -i)  // committed after the reader's snapshot: the pass must leave it
+                XCTAssertTrue(store.checkpointInBackground())
+                passes += 1
+                reader.releaseStatements()
+                try reader.execute("COMMIT")
+            }
+        }
+        XCTAssertGreaterThan(passes, 0, "the writer asked for background passes")
+        XCTAssertGreaterThan(restarts, 2, "the WAL started over again and again")
+        XCTAssertLessThan(largest, Store.backgroundCheckpointFrames + Store.backgroundCheckpointStrideFrames,
+                          "the writer finished each cycle after the first pass instead of growing to the forced limit")
+    }
+
     /// The background thread's side of the test: answers every request with a checkpoint until told to stop.
     final class Checkpointer: @unchecked Sendable {
         let wanted = DispatchSemaphore(value: 0)

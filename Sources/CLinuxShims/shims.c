@@ -8,6 +8,7 @@
 #include <linux/falloc.h>
 #include <sys/xattr.h>
 #include <sys/ioctl.h>
+#include <sys/vfs.h>
 
 const int twin_O_PATH = O_PATH;
 const int twin_O_DIRECT = O_DIRECT;
@@ -28,6 +29,14 @@ const int twin_XATTR_REPLACE = XATTR_REPLACE;
 int twin_fallocate(int fd, int mode, off_t offset, off_t len) { return fallocate(fd, mode, offset, len); }
 int twin_syncfs(int fd) { return syncfs(fd); }
 int twin_fdatasync(int fd) { return fdatasync(fd); }
+long twin_filesystem_type(const char *path) {
+    struct statfs fs;
+    return statfs(path, &fs) == 0 ? (long)fs.f_type : -1;
+}
+int twin_start_write_out(int fd) { return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); }
+int twin_write_out(int fd) {
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+}
 int twin_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 ssize_t twin_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags) {
     return splice(fdin, offin, fdout, offout, len, flags);

@@ -814,9 +814,10 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
-    /// Makes the file's data (its data file) and metadata (the WAL) durable. The two flushes run at once, and
-    /// outside the volume lock: every commit the caller depends on is already in the WAL. fdatasync suffices for
-    /// the data file even for fsync(2): the file's attributes live in SQLite, not in the data file's inode.
+    /// Makes the file's data (its data file) and metadata (the WAL) durable, outside the volume lock: every commit
+    /// the caller depends on is already in the WAL. Where the store's filesystem allows (WALDurability) one device
+    /// flush covers both; otherwise the two flushes run at once. fdatasync suffices for the data file even for
+    /// fsync(2): the file's attributes live in SQLite, not in the data file's inode.
     public func fsync(handle: UInt64?, ino: UInt64, dataOnly: Bool) throws {
         let (fd, needsMetadata): (Int32?, Bool) = try query {
             (try handle.map { try file($0).fd }, !dataOnly || mirror != nil || dataSyncNeedsMetadata(ino))
@@ -824,6 +825,16 @@ public final class Volume: @unchecked Sendable {
         guard needsMetadata else {
             // fdatasync of a file whose size and existence are durable already: its data file is all there is.
             if let fd, twin_fdatasync(fd) != 0 { throw FSError.fromErrno() }
+            return
+        }
+        if let fd, store.walWriteOutSuffices {
+            // One device flush for both files: the WAL's pages reach the device (written, not flushed) before
+            // the data file's fdatasync flushes it. Both start writing at once so their I/O overlaps.
+            store.startWALWriteOut()
+            _ = twin_start_write_out(fd)
+            try store.writeOutWAL()
+            if twin_fdatasync(fd) != 0 { throw FSError.fromErrno() }
+            try flushToPeer(ino)
             return
         }
         let ticket = walSyncer.begin()

@@ -26,6 +26,7 @@ public final class Store {
     private let dataDirFD: Int32
     private let nursery: Nursery
     private var walFD: Int32 = -1
+    let walDurability: WALDurability
 
     private var nextInodeSequence: UInt64 = 0
     private var reservedInodeSequence: UInt64 = 0
@@ -164,6 +165,7 @@ public final class Store {
         self.lockFD = lockFD
         self.dataDirFD = dataDirFD
         self.nursery = Nursery(dataDirFD: dataDirFD)
+        self.walDurability = WALDurability(storeRoot: root)
     }
 
     deinit {
@@ -327,7 +329,9 @@ public final class Store {
     @discardableResult
     public func checkpointAndTruncate() -> Bool {
         checkpointLock.withLock {
-            guard !closed, let result = try? database.checkpoint(.truncate) else { return false }
+            guard !closed else { return false }
+            walDurability.truncating()
+            guard let result = try? database.checkpoint(.truncate) else { return false }
             return result.frames == result.copied
         }
     }
@@ -707,8 +711,31 @@ public final class Store {
             walFD = Glibc.open("\(root)/meta.db-wal", O_RDWR | O_CLOEXEC)
             if walFD < 0 { return }
         }
+        let generation = walDurability.fullSyncBegins()
+        var st = stat()
+        let bytes = fstat(walFD, &st) == 0 ? Int64(st.st_size) : 0
         if twin_fdatasync(walFD) != 0 { throw FSError.fromErrno() }
+        walDurability.fullSyncEnded(generation: generation, bytes: bytes)
     }
+
+    /// Whether `startWALWriteOut` + `writeOutWAL` + the device flush of a data file's fdatasync, in that order, make
+    /// every committed metadata change durable now, in place of `syncMetadata` (see WALDurability). Any thread.
+    public var walWriteOutSuffices: Bool { walDurability.coversRewrite(of: walFD) }
+
+    /// Starts writing the WAL's dirty pages to the device without waiting (so they travel with the data file's).
+    public func startWALWriteOut() {
+        if walFD >= 0 { _ = twin_start_write_out(walFD) }
+    }
+
+    /// Writes the WAL's dirty pages to the device and waits until it has them; no device flush.
+    public func writeOutWAL() throws {
+        guard walFD >= 0 else { return }
+        if twin_write_out(walFD) != 0 { throw FSError.fromErrno() }
+        walDurability.writeOuts.add(1, ordering: .relaxed)
+    }
+
+    /// WAL write-outs made in place of WAL flushes (for tests and status).
+    public var walWriteOuts: UInt64 { walDurability.writeOuts.load(ordering: .relaxed) }
 
     /// A clean shutdown: metadata checkpointed into meta.db and everything in the store on disk.
     public func close() throws {

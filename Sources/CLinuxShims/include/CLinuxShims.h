@@ -23,6 +23,11 @@ extern const int twin_XATTR_REPLACE;
 int twin_fallocate(int fd, int mode, off_t offset, off_t len);
 int twin_syncfs(int fd);
 int twin_fdatasync(int fd);
+/// statfs(2)'s f_type (the filesystem's magic number) of the filesystem holding `path`; -1 on error.
+long twin_filesystem_type(const char *path);
+/// sync_file_range over the whole file: start writeback only / write and wait (neither flushes the device).
+int twin_start_write_out(int fd);
+int twin_write_out(int fd);
 int twin_pipe2_cloexec(int fds[2]);
 ssize_t twin_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags);
 int twin_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);

@@ -1,5 +1,6 @@
 // WALSyncer: group commit for metadata durability. fsync() of a file needs two flushes — the file's data file
-// and the SQLite WAL — and running them one after the other doubles the latency. One thread flushes the WAL
+// and the SQLite WAL — unless the store's filesystem lets one serve both (Store.walWriteOutSuffices), and running
+// them one after the other doubles the latency. One thread flushes the WAL
 // while the caller flushes the data file; concurrent fsyncs share WAL flushes (a flush that starts after a
 // request covers it), and a flush that would cover no new commit is skipped. WALCheckpointer (below) copies the
 // WAL into meta.db off the FUSE threads. Never: touch the volume's SQLite connection (only the WAL's descriptor,

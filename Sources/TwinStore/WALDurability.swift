@@ -55,7 +55,8 @@ final class WALDurability: Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return false }
         let size = Int64(st.st_size)
-        return covered.withLock { size <= $0.bytes }
+        // bytes > 0: a full sync in this process came first, whatever a crashed predecessor left in the WAL.
+        return covered.withLock { $0.bytes > 0 && size <= $0.bytes }
     }
 
     // MARK: the filesystem verdict

@@ -66,7 +66,7 @@ final class WALDurability: Sendable {
     static func rewritesInPlace(path: String) -> Bool {
         var st = stat()
         guard twin_filesystem_type(path) == ext4SuperMagic, stat(path, &st) == 0 else { return false }
-        guard let mountinfo = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
+        guard let mountinfo = readMountinfo(),
             let mount = superblock(of: UInt64(st.st_dev), in: mountinfo)
         else { return false }
         // data=journal puts file data through the journal: a written-out page is not where a flush finds it.

@@ -141,7 +141,7 @@ struct MountCommand: ParsableCommand {
 
 /// Every twinfs mount in this namespace: (mountpoint, store). Our fsname is the store's absolute path.
 func twinfsMounts() -> [(mountpoint: String, store: String)] {
-    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+    guard let text = readMountinfo() else { return [] }
     var out: [(mountpoint: String, store: String)] = []
     for line in text.split(separator: "\n") {
         // ... mountpoint(5th) ... " - " fstype source options

@@ -5,12 +5,13 @@
 // Never: unmount a path this file did not mount, remove a directory that still has a mount under it,
 // or signal a process it did not start.
 import Foundation
+import TwinStore
 import XCTest
 
 enum MountTable {
     /// Mountpoints currently in this mount namespace (octal escapes of /proc/self/mountinfo decoded).
     static func mountpoints() -> [String] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = readMountinfo() else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { return nil }
@@ -20,7 +21,7 @@ enum MountTable {
 
     /// The filesystem type of the mount at `path`, if mounted.
     static func fsType(at path: String) -> String? {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        guard let text = readMountinfo() else { return nil }
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ").map(String.init)
             guard fields.count > 4, decode(fields[4]) == path, let dash = fields.firstIndex(of: "-"),

@@ -26,6 +26,21 @@ final class CheckpointTests: XCTestCase {
         }
     }
 
+    /// Commits `count` transactions (`afterEach` runs after each); how often the WAL started over, and its largest size.
+    private func commitWatchingTheWAL(_ store: Store, _ count: Int, afterEach: (Int) throws -> Void = { _ in }) throws -> (restarts: Int, largestFrames: Int) {
+        var restarts = 0
+        var previous = 0
+        var largest = 0
+        for i in 0..<count {
+            try commitOne(store, i)
+            if store.walFrames < previous { restarts += 1 }
+            previous = store.walFrames
+            largest = max(largest, previous)
+            try afterEach(i)
+        }
+        return (restarts, largest)
+    }
+
     func testWithoutABackgroundCheckpointerTheCommittingThreadBoundsTheWAL() throws {
         let store = try Store.open(at: dir)
         var asked = 0
@@ -44,13 +59,7 @@ final class CheckpointTests: XCTestCase {
         let store = try Store.open(at: dir)
         var askedAtFrames: [Int] = []
         store.checkpointWanted = { [unowned store] in askedAtFrames.append(store.walFrames) }  // nobody answers
-        var restarts = 0
-        var previous = 0
-        for i in 0..<6_000 {
-            try commitOne(store, i)
-            if store.walFrames < previous { restarts += 1 }
-            previous = store.walFrames
-        }
+        let (restarts, _) = try commitWatchingTheWAL(store, 6_000)
         XCTAssertGreaterThan(restarts, 0, "the forced checkpoint started the WAL over at least once")
         XCTAssertGreaterThan(askedAtFrames.count, restarts, "every WAL cycle asked for background passes")
         for frames in askedAtFrames {
@@ -68,25 +77,17 @@ final class CheckpointTests: XCTestCase {
         let reader = try SQLiteDatabase(path: "\(dir)/meta.db", create: false)
         var passWanted = false
         store.checkpointWanted = { passWanted = true }
-        var largest = 0
-        var restarts = 0
-        var previous = 0
         var passes = 0
-        for i in 0..<12_000 {
-            try commitOne(store, i)
-            if store.walFrames < previous { restarts += 1 }
-            previous = store.walFrames
-            largest = max(largest, previous)
-            if passWanted {
-                passWanted = false
-                try reader.execute("BEGIN")
-                XCTAssertTrue(try reader.statement("SELECT count(*) FROM inodes").step())
-                try commitOne(store, -i)  // committed after the reader's snapshot: the pass must leave it
-                XCTAssertTrue(store.checkpointInBackground())
-                passes += 1
-                reader.releaseStatements()
-                try reader.execute("COMMIT")
-            }
+        let (restarts, largest) = try commitWatchingTheWAL(store, 12_000) { i in
+            guard passWanted else { return }
+            passWanted = false
+            try reader.execute("BEGIN")
+            XCTAssertTrue(try reader.statement("SELECT count(*) FROM inodes").step())
+            try self.commitOne(store, -i)  // committed after the reader's snapshot: the pass must leave it
+            XCTAssertTrue(store.checkpointInBackground())
+            passes += 1
+            reader.releaseStatements()
+            try reader.execute("COMMIT")
         }
         XCTAssertGreaterThan(passes, 0, "the writer asked for background passes")
         XCTAssertGreaterThan(restarts, 2, "the WAL started over again and again")

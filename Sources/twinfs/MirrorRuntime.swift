@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 import MirrorCore
 import PeerLink
+import Synchronization
 import TwinFUSE
 import TwinNode
 import TwinStore
@@ -366,7 +367,7 @@ final class MirrorRuntime: @unchecked Sendable {
         let volume = shell.volume
         spawnDetachedThread { [weak self] in
             for _ in 0..<Self.maxConflictImportAttempts {
-                guard let self, !self.stopped else { return }
+                guard let self, !self.stopped.load(ordering: .acquiring) else { return }
                 if self.shell.status.core.connected {
                     do {
                         let records = try Conflicts.importPending(volume: volume, pendingDirectory: pending)
@@ -383,7 +384,8 @@ final class MirrorRuntime: @unchecked Sendable {
 
     static let maxConflictImportAttempts = 3_600
     static let maxListedConflicts = 100
-    private var stopped = false
+    /// Set by `stop` (the signal-handling thread), read by the conflict importer's thread.
+    private let stopped = Atomic<Bool>(false)
 
     static func unixMs() -> Int64 {
         var ts = timespec()
@@ -454,7 +456,7 @@ final class MirrorRuntime: @unchecked Sendable {
     }
 
     func stop() {
-        stopped = true
+        stopped.store(true, ordering: .releasing)
         filler?.stop()
         if link?.status.connected == true {
             if shell.leave(timeoutMs: Self.leaveTimeoutMs) {

@@ -745,6 +745,7 @@ public final class Store {
             checkpointer = nil
         }
         database.releaseStatements()
+        walDurability.truncating()
         do {
             try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         } catch let error as SQLiteError {

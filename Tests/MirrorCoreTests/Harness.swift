@@ -21,6 +21,9 @@ final class Rig {
     var unpersisted: [(CompletionToken, PersistBatch)] = []
     var holdPersists = false
     var completions: [Event] = []
+    /// A slow disk: completions of store writes wait here (the data are in the store already) until released.
+    var holdStoreWrites = false
+    var heldStoreWrites: [Event] = []
     var granted: [OperationID: [Stamp]] = [:]
     /// Store contents (stamps) at the moment each operation was granted: what a read returns.
     var grantSnapshots: [OperationID: [Location: UInt64]] = [:]
@@ -109,7 +112,8 @@ final class Pair {
             r.actionLog.append("write \(l) \(v)")
             let cur = r.store[l] ?? (0, .zero)
             if !onlyIfNewer || v > cur.version { r.store[l] = (p.stamp!, v) }
-            r.completions.append(.storeWriteDone(t, stored: r.store[l]?.version ?? .zero))
+            let done = Event.storeWriteDone(t, stored: r.store[l]?.version ?? .zero)
+            if r.holdStoreWrites { r.heldStoreWrites.append(done) } else { r.completions.append(done) }
         case .persist(let t, let batch):
             r.actionLog.append("persist \(batch.entries.map { "\($0.location)=\($0.state)" })")
             r.batches.append(batch)
@@ -154,6 +158,14 @@ final class Pair {
         }
         r.unpersisted = []
         r.completions.append(.persistDone(last))
+    }
+
+    /// Ends `holdStoreWrites`: the held completions are delivered by the next settle, in issue order.
+    func releaseStoreWrites(_ s: Side) {
+        let r = rigs[s.rawValue]
+        r.holdStoreWrites = false
+        r.completions.append(contentsOf: r.heldStoreWrites)
+        r.heldStoreWrites = []
     }
 
     /// Delivers completions and messages, alternating nodes, until nothing moves (bounded).
@@ -206,6 +218,7 @@ final class Pair {
         let r = rigs[s.rawValue]
         r.unpersisted = []
         r.completions = []
+        r.heldStoreWrites = []
         r.granted = [:]
         disconnect()
         r.incarnation += 1
@@ -222,6 +235,7 @@ final class Pair {
         let r = rigs[s.rawValue]
         r.unpersisted = []
         r.completions = []
+        r.heldStoreWrites = []
         r.granted = [:]
         r.durable = [:]
         r.joining = true

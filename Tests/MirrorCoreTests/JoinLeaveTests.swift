@@ -241,6 +241,39 @@ final class LeavingTests: XCTestCase {
         XCTAssertEqual(p.violations, [])
     }
 
+    /// Sim seed 2601 (`--leave`): B granted A's mark and persisted MOOS, but the reply died with the connection; at
+    /// the reconnect B's answer to a pull of A's was still being written into A's store. The mark must go again all
+    /// the same: nothing else re-sends it, A (the lower id) refuses B's marks there while its own is pending, and once
+    /// A has left, B keeps MOOS for a grant A never received.
+    func testAMarkWhoseReplyDiedIsSentAgainWhileThePeersCopyIsLanding() {
+        let p = Pair(b: Pair.config(.b, pushDelayTicks: 1_000))  // B's copy reaches A only by A's pull
+        p.write(.b, [track(0)], .writePartial)
+        p[.a].holdStoreWrites = true  // B's answer lands slowly on A
+        let ar = p.request(.a, [AccessItem(track(0), .read)])
+        p.settle()
+        XCTAssertEqual(p[.a].heldStoreWrites.count, 1, "B's answer is being written on A")
+        p[.b].holdPersists = true     // B's grant waits for its MOOS to be durable...
+        let aw = p.request(.a, [AccessItem(track(0), .writeFull)])
+        p.settle()
+        XCTAssertEqual(p.state(.b, track(0)).token, .moos, "B granted A's mark")
+        p.disconnect()                // ... and the reply is lost with the connection
+        p[.b].holdPersists = false
+        p.completePersists(.b)
+        p.releaseStoreWrites(.a)      // still landing when the connection comes back
+        p.connect()
+        XCTAssertNotNil(p[.a].granted[ar])
+        p.feed(.a, .operationFinished(ar, unwritten: []))
+        p.settle()
+        XCTAssertNotNil(p[.a].granted[aw], "A's mark went again and was granted")
+        if p[.a].granted[aw] != nil { p.apply(.a, aw) }
+        p.feed(.a, .leaveRequested)
+        p.settle()
+        XCTAssertEqual(p.core(.a).status.mosCount, 0)
+        XCTAssertEqual(p.core(.a).status.oosCount, 0)
+        XCTAssertEqual(p.core(.b).status.moosCount, 0, "B can serve everything alone once A has left")
+        XCTAssertEqual(p.violations, [])
+    }
+
     func testAReleaseLostWithTheConnectionIsSentAgain() {
         let p = Pair(a: Pair.config(.a, release: ReleasePolicy(enabled: true, coldAfterTicks: 100)))
         p.write(.a, [track(0)], .writePartial)

@@ -8,3 +8,5 @@ apt-get install -y -qq --no-install-recommends \
     fio attr acl rsync git tar diffutils coreutils util-linux procps python3 e2fsprogs >/dev/null
 # /dev/fuse must exist for real mounts; load the module where it is missing.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+# Loop devices for the tests that mount an ext4 image (WALWriteOutTests); load the module where it is missing.
+[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true

@@ -173,10 +173,14 @@ extension Store {
 
     /// Applies an image from the peer if its version is newer than the stored one; returns the version the store
     /// holds afterwards. Call inside a transaction: an inode image changes several tables at once.
+    /// `replacingEqual`: also if the versions are equal — for a copy whose bytes may not be its version's (a local
+    /// write that died between its data write and its commit left new bytes under the old version).
     @discardableResult
-    public func applyLocation(_ location: StoreLocation, _ image: LocationImage, force: Bool = false) throws -> UInt64 {
+    public func applyLocation(_ location: StoreLocation, _ image: LocationImage, force: Bool = false,
+                              replacingEqual: Bool = false) throws -> UInt64 {
         let stored = try storedVersion(location)
-        guard image.version > stored || (force && image.version != stored) else { return stored }
+        guard image.version > stored || (force && image.version != stored) || (replacingEqual && image.version == stored && stored != 0)
+        else { return stored }
         if case .track(let ino, _) = location, try inode(ino) == nil, try storedVersion(.inode(ino)) != 0 {
             // The inode was deleted here (its tombstone is newer than anything of it still travelling): its
             // tracks must not bring back a data file.

@@ -309,5 +309,37 @@ final class PairVerifyTests: PairTestCase {
         shell("for f in \(quote(p.a.mountpoint))/k-*; do cmp \"$f\" \(quote(p.b.mountpoint))/$(basename \"$f\"); done")
     }
 
+    func testADaemonDyingBetweenAWritesDataAndItsCommitLeavesNoTwoCopiesUnderOneVersion() throws {
+        // B dies right after the data of its second write reach its data file, before the write's versions are
+        // committed (a failpoint: the window a kill -9 hits now and then, seen in
+        // testAfterADaemonIsKilledMidWriteAndRestartedThePairVerifiesClean).
+        let (storeA, storeB) = try initPair()
+        let a = try mount(storeA, at: "mnt-a")
+        let b = try mount(storeB, at: "mnt-b", environment: ["TWINFS_TEST_EXIT_AFTER_DATA_WRITES": "2"])
+        try waitConnected(a)
+        try waitConnected(b)
+        var p = Pair(storeA: storeA, storeB: storeB, a: a, b: b)
+        let f = "/f"
+        // One write(2) of one track each, so each is one WRITE request: the failpoint counts those.
+        shell("head -c 4096 /dev/zero | tr '\\0' x > $S/x; head -c 4096 /dev/zero | tr '\\0' y > $S/y")
+        shell("dd if=$S/x of=\(quote(p.b.mountpoint + f)) bs=4096 count=1 status=none")
+        try waitDrained(p)
+        XCTAssertEqual(shellResult("cmp \(quote(p.a.mountpoint + f)) \(quote(p.b.mountpoint + f))").status, 0, "A holds B's first write")
+        _ = shellResult("dd if=\(quote(path("y"))) of=\(quote(p.b.mountpoint + f)) bs=4096 count=1 conv=notrunc status=none")
+        XCTAssertNotNil(p.b.waitForExit(timeoutSeconds: 30), "the failpoint ended B after the second write's data")
+        p.b.killHard()
+        p.b = try mount(storeB, at: "mnt-b")
+        try waitConnected(p.a)
+        try waitConnected(p.b)
+        try waitDrained(p)
+        for m in [p.a, p.b] {
+            let (r, report) = try verify(m)
+            XCTAssertTrue(r.ok, "\(r)")
+            XCTAssertEqual(report["differences"] as? Int, 0, "\(differences(report))")
+        }
+        let same = shellResult("cmp \(quote(p.a.mountpoint + f)) \(quote(p.b.mountpoint + f))")
+        XCTAssertEqual(same.status, 0, "both nodes hold the same bytes: \(same)")
+    }
+
     func shellResult(_ script: String) -> CommandResult { Commands.sh(script) }
 }

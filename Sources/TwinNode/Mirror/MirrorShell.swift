@@ -101,6 +101,13 @@ public final class MirrorShell: @unchecked Sendable {
     private var persistToken: CompletionToken?
     private var syncedWrites: [(CompletionToken, Version)] = []
     private var syncInodes: Set<UInt64> = []
+    /// Tracks restored from the superset (`held`/`contested`) when this process started, until a copy from the peer
+    /// has been stored for them. Only these can hold a torn copy: a local write's data reach the data file before
+    /// its versions are committed, and a write runs under MOS, whose superset bit is durable before it (hazard 7).
+    /// A daemon dying in between leaves new bytes under the old version, which the peer holds with the old bytes;
+    /// versions alone never tell the two apart, so here the peer's copy of the SAME version replaces ours (it is
+    /// the one committed for that version; equal versions come from one write, so nothing newer is lost).
+    private var tornSuspects: Set<Location>
 
     private let statusLock = NSLock()
     private var snapshot: MirrorShellStatus
@@ -133,6 +140,7 @@ public final class MirrorShell: @unchecked Sendable {
                 recovered: RecoveredState, send: @escaping @Sendable (Message, UInt64) -> Bool) {
         self.volume = volume
         self.core = MirrorNode(config: config, prediction: prediction, recovered: recovered)
+        self.tornSuspects = Set(recovered.entries.filter { !$0.location.isInodeRecord && ($0.state == .held || $0.state == .contested) }.map(\.location))
         self.send = send
         self.startNs = Self.monotonicNs()
         self.snapshot = MirrorShellStatus(
@@ -491,7 +499,9 @@ public final class MirrorShell: @unchecked Sendable {
         case .storeWrite(let token, let location, let payload, let version, let onlyIfNewer, let sync):
             do {
                 let image = LocationImage(version: Self.storeVersion(version), bytes: payload.bytes)
-                let stored = try volume.mirrorApply(location, image, force: !onlyIfNewer)
+                let stored = try volume.mirrorApply(location, image, force: !onlyIfNewer,
+                                                    replacingEqual: !tornSuspects.isEmpty && tornSuspects.contains(location))
+                tornSuspects.remove(location)
                 if stored == image.version { checksums.stored(location, image) }
                 invalidate?(location.ino)
                 if sync {

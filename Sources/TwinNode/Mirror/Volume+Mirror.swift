@@ -3,7 +3,9 @@
 // have moved while waiting), and the operation runs with the versions the grant stamped.
 // Owns: the plan/acquire/re-validate/finish cycle and the store-side actions of the executor.
 // Must never: hold the volume lock while waiting on the core (the executor takes that lock to apply the peer's data).
+import Glibc
 import MirrorCore
+import Synchronization
 import TwinStore
 
 /// The locations one operation uses.
@@ -118,9 +120,21 @@ extension Volume {
         }) {
             let target = try writeTarget(handle: handle, offset: offset)
             let written = try write(target.fd, target.offset)
+            Self.dataWriteFailpoint()
             try didWrite(handle: handle, offset: target.offset, count: written, caller: caller)
             return written
         }
+    }
+
+    /// TWINFS_TEST_EXIT_AFTER_DATA_WRITES=N (tests only): the daemon exits at once, as if killed, right after the
+    /// data of its N-th write reached the data file and before the write's metadata commit — the window a kill -9
+    /// hits only now and then.
+    static let exitAfterDataWrites: Int? = getenv("TWINFS_TEST_EXIT_AFTER_DATA_WRITES").flatMap { Int(String(cString: $0)) }
+    static let dataWrites = Atomic<Int>(0)
+
+    static func dataWriteFailpoint() {
+        guard let limit = exitAfterDataWrites else { return }
+        if dataWrites.add(1, ordering: .relaxed).newValue >= limit { _exit(137) }
     }
 
     // MARK: peeks used by plans (unsynchronised with the mirror; the plan is checked again once granted)
@@ -163,7 +177,7 @@ extension Volume {
         try query { try store.readLocation(StoreLocation(location)) }
     }
 
-    func mirrorApply(_ location: Location, _ image: LocationImage, force: Bool) throws -> UInt64 {
+    func mirrorApply(_ location: Location, _ image: LocationImage, force: Bool, replacingEqual: Bool = false) throws -> UInt64 {
         try lock.withLock {
             defer { store.database.releaseStatements() }
             // The peer's track data never use the space reserve: it is there so that metadata (bitmap persists,
@@ -172,7 +186,7 @@ extension Volume {
             // that does not fit waits in the shell's retry queue instead.
             // The same for the free space left: the peer's data stop short of the last `reserveBytes`, which stay
             // for this node's own metadata once the reserve file itself has been given back.
-            let apply = { [store] in try store.database.transaction { try store.applyLocation(StoreLocation(location), image, force: force) } }
+            let apply = { [store] in try store.database.transaction { try store.applyLocation(StoreLocation(location), image, force: force, replacingEqual: replacingEqual) } }
             if location.isInodeRecord { return try store.withReserveOnFullDisk(apply) }
             if let st = try? store.backingStatistics(), UInt64(st.f_bavail) * UInt64(st.f_frsize) < UInt64(Store.reserveBytes) {
                 throw FSError.noSpace

@@ -72,7 +72,8 @@ final class TwinMount {
 
     /// Starts the daemon and returns once it said it is ready; throws (after cleaning up) if it exits,
     /// says something else, or is not ready in time.
-    init(store: String, mountpoint: String, options: [String] = ["allow_other"], extraArgs: [String] = []) throws {
+    init(store: String, mountpoint: String, options: [String] = ["allow_other"], extraArgs: [String] = [],
+         environment: [String: String] = [:]) throws {
         self.store = store
         self.mountpoint = mountpoint
         self.logPath = mountpoint + ".daemon.log"
@@ -84,7 +85,7 @@ final class TwinMount {
         var args = ["mount", store, mountpoint, "-f"]
         if !options.isEmpty { args += ["-o", options.joined(separator: ",")] }
         process.arguments = args + extraArgs
-        process.environment = Commands.environment(home: "/tmp")
+        process.environment = Commands.environment(home: "/tmp").merging(environment) { $1 }
         process.standardOutput = stdoutPipe
         process.standardError = log
         process.standardInput = FileHandle(forReadingAtPath: "/dev/null")
@@ -280,11 +281,11 @@ class MountingTestCase: XCTestCase {
 
     /// Mounts `store` on a new empty directory `mountName` with a foreground daemon; unmounted at teardown.
     func mount(_ store: String, at mountName: String = "mnt", options: [String] = ["allow_other"],
-               file: StaticString = #filePath, line: UInt = #line) throws -> TwinMount {
+               environment: [String: String] = [:], file: StaticString = #filePath, line: UInt = #line) throws -> TwinMount {
         let mnt = path(mountName)
         if !FileManager.default.fileExists(atPath: mnt) { makeDir(mountName) }
         do {
-            let m = try TwinMount(store: store, mountpoint: mnt, options: options)
+            let m = try TwinMount(store: store, mountpoint: mnt, options: options, environment: environment)
             mounts.append(m)
             return m
         } catch {

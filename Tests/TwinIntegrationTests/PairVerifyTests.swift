@@ -297,15 +297,7 @@ final class PairVerifyTests: PairTestCase {
         usleep(900_000)
         p.b.killHard()
         _ = group.wait(timeout: .now() + 120)
-        p.b = try mount(p.storeB, at: "mnt-b")
-        try waitConnected(p.a)
-        try waitConnected(p.b)
-        try waitDrained(p)
-        for m in [p.a, p.b] {
-            let (r, report) = try verify(m)
-            XCTAssertTrue(r.ok, "\(r)\n\(p.a.daemonLog())\n\(p.b.daemonLog())")
-            XCTAssertEqual(report["differences"] as? Int, 0, "\(differences(report))")
-        }
+        try remountBAndVerifyClean(&p)
         shell("for f in \(quote(p.a.mountpoint))/k-*; do cmp \"$f\" \(quote(p.b.mountpoint))/$(basename \"$f\"); done")
     }
 
@@ -328,17 +320,22 @@ final class PairVerifyTests: PairTestCase {
         _ = shellResult("dd if=\(quote(path("y"))) of=\(quote(p.b.mountpoint + f)) bs=4096 count=1 conv=notrunc status=none")
         XCTAssertNotNil(p.b.waitForExit(timeoutSeconds: 30), "the failpoint ended B after the second write's data")
         p.b.killHard()
-        p.b = try mount(storeB, at: "mnt-b")
+        try remountBAndVerifyClean(&p)
+        let same = shellResult("cmp \(quote(p.a.mountpoint + f)) \(quote(p.b.mountpoint + f))")
+        XCTAssertEqual(same.status, 0, "both nodes hold the same bytes: \(same)")
+    }
+
+    /// B (its daemon gone) mounted again; once the pair has drained, verify on both nodes finds nothing.
+    func remountBAndVerifyClean(_ p: inout Pair, file: StaticString = #filePath, line: UInt = #line) throws {
+        p.b = try mount(p.storeB, at: "mnt-b")
         try waitConnected(p.a)
         try waitConnected(p.b)
         try waitDrained(p)
         for m in [p.a, p.b] {
             let (r, report) = try verify(m)
-            XCTAssertTrue(r.ok, "\(r)")
-            XCTAssertEqual(report["differences"] as? Int, 0, "\(differences(report))")
+            XCTAssertTrue(r.ok, "\(r)\n\(p.a.daemonLog())\n\(p.b.daemonLog())", file: file, line: line)
+            XCTAssertEqual(report["differences"] as? Int, 0, "\(differences(report))", file: file, line: line)
         }
-        let same = shellResult("cmp \(quote(p.a.mountpoint + f)) \(quote(p.b.mountpoint + f))")
-        XCTAssertEqual(same.status, 0, "both nodes hold the same bytes: \(same)")
     }
 
     func shellResult(_ script: String) -> CommandResult { Commands.sh(script) }

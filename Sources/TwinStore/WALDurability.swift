@@ -66,26 +66,16 @@ final class WALDurability: Sendable {
     static func rewritesInPlace(path: String) -> Bool {
         var st = stat()
         guard twin_filesystem_type(path) == ext4SuperMagic, stat(path, &st) == 0 else { return false }
-        guard let mountinfo = readMountinfo(),
-            let mount = superblock(of: UInt64(st.st_dev), in: mountinfo)
-        else { return false }
+        guard let mount = superblock(of: UInt64(st.st_dev), in: MountinfoEntry.current()) else { return false }
         // data=journal puts file data through the journal: a written-out page is not where a flush finds it.
         return ["ext2", "ext3", "ext4"].contains(mount.type) && !mount.options.contains("data=journal")
     }
 
-    /// The filesystem type and superblock options of the mount of device `dev`, from /proc/self/mountinfo
-    /// ("36 35 98:0 / /mnt rw,noatime master:1 - ext4 /dev/vda1 rw,errors=continue").
-    static func superblock(of dev: UInt64, in mountinfo: String) -> (type: String, options: [String])? {
+    /// The filesystem type and superblock options of the mount of device `dev` (a dev_t).
+    static func superblock(of dev: UInt64, in mounts: [MountinfoEntry]) -> (type: String, options: [String])? {
         let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
         let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
-        let device = "\(major):\(minor)"
-        for line in mountinfo.split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count > 2, fields[2] == device, let dash = fields.firstIndex(of: "-"),
-                fields.count > dash + 3
-            else { continue }
-            return (String(fields[dash + 1]), fields[dash + 3].split(separator: ",").map(String.init))
-        }
-        return nil
+        guard let mount = mounts.first(where: { $0.device == "\(major):\(minor)" }) else { return nil }
+        return (mount.fsType, mount.superOptions)
     }
 }

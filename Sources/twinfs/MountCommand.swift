@@ -141,17 +141,7 @@ struct MountCommand: ParsableCommand {
 
 /// Every twinfs mount in this namespace: (mountpoint, store). Our fsname is the store's absolute path.
 func twinfsMounts() -> [(mountpoint: String, store: String)] {
-    guard let text = readMountinfo() else { return [] }
-    var out: [(mountpoint: String, store: String)] = []
-    for line in text.split(separator: "\n") {
-        // ... mountpoint(5th) ... " - " fstype source options
-        let halves = line.components(separatedBy: " - ")
-        guard halves.count == 2 else { continue }
-        let left = halves[0].split(separator: " "), right = halves[1].split(separator: " ")
-        guard left.count >= 5, right.count >= 2, right[0] == "fuse.twinfs" else { continue }
-        out.append((unescapeMountinfo(String(left[4])), unescapeMountinfo(String(right[1]))))
-    }
-    return out
+    MountinfoEntry.current().filter { $0.fsType == "fuse.twinfs" }.map { ($0.mountpoint, $0.source) }
 }
 
 /// The mountpoint where `store` is mounted, or nil.
@@ -162,23 +152,6 @@ func mountpointOfStore(_ store: String) -> String? {
 /// The store mounted at `path`, or nil if `path` is not a twinfs mountpoint.
 func storeOfMountpoint(_ path: String) -> String? {
     twinfsMounts().first { $0.mountpoint == path }?.store
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...).
-func unescapeMountinfo(_ field: String) -> String {
-    var out = ""
-    let chars = Array(field)
-    var i = 0
-    while i < chars.count {
-        if chars[i] == "\\", i + 3 < chars.count, let code = UInt8(String(chars[(i + 1)...(i + 3)]), radix: 8) {
-            out.append(Character(UnicodeScalar(code)))
-            i += 4
-        } else {
-            out.append(chars[i])
-            i += 1
-        }
-    }
-    return out
 }
 
 func absolute(_ path: String) -> String {

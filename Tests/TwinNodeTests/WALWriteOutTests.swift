@@ -128,14 +128,14 @@ final class WALWriteOutTests: XCTestCase {
             40 22 7:3 / /mnt/j rw,relatime shared:20 - ext4 /dev/loop3 rw,data=journal
             41 22 0:45 / /tmp/t rw,nosuid shared:21 - tmpfs tmpfs rw,size=65536k
             """
-        let root = WALDurability.superblock(of: UInt64(254 << 8 | 1), in: mountinfo)
+        let root = WALDurability.superblock(of: UInt64(254 << 8 | 1), in: MountinfoEntry.parse(mountinfo))
         XCTAssertEqual(root?.type, "ext4")
         XCTAssertEqual(root?.options, ["rw", "errors=remount-ro"])
-        XCTAssertEqual(WALDurability.superblock(of: UInt64(7 << 8 | 3), in: mountinfo)?.options.contains("data=journal"), true)
-        XCTAssertEqual(WALDurability.superblock(of: UInt64(0 << 8 | 45), in: mountinfo)?.type, "tmpfs")
-        XCTAssertNil(WALDurability.superblock(of: UInt64(8 << 8 | 1), in: mountinfo))
+        XCTAssertEqual(WALDurability.superblock(of: UInt64(7 << 8 | 3), in: MountinfoEntry.parse(mountinfo))?.options.contains("data=journal"), true)
+        XCTAssertEqual(WALDurability.superblock(of: UInt64(0 << 8 | 45), in: MountinfoEntry.parse(mountinfo))?.type, "tmpfs")
+        XCTAssertNil(WALDurability.superblock(of: UInt64(8 << 8 | 1), in: MountinfoEntry.parse(mountinfo)))
         // Minor numbers above 255 use the high bits of dev_t (loop devices past 255, NVMe partitions).
         let high = UInt64(259 << 8) | UInt64(300 & 0xff) | (UInt64(300 >> 8) << 20)
-        XCTAssertEqual(WALDurability.superblock(of: high, in: "50 22 259:300 / /n rw - ext4 /dev/x rw")?.type, "ext4")
+        XCTAssertEqual(WALDurability.superblock(of: high, in: MountinfoEntry.parse("50 22 259:300 / /n rw - ext4 /dev/x rw"))?.type, "ext4")
     }
 }

@@ -10,44 +10,15 @@ import XCTest
 
 enum MountTable {
     /// Mountpoints currently in this mount namespace (octal escapes of /proc/self/mountinfo decoded).
-    static func mountpoints() -> [String] {
-        guard let text = readMountinfo() else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ")
-            guard fields.count > 4 else { return nil }
-            return decode(String(fields[4]))
-        }
-    }
+    static func mountpoints() -> [String] { MountinfoEntry.current().map(\.mountpoint) }
 
     /// The filesystem type of the mount at `path`, if mounted.
-    static func fsType(at path: String) -> String? {
-        guard let text = readMountinfo() else { return nil }
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: " ").map(String.init)
-            guard fields.count > 4, decode(fields[4]) == path, let dash = fields.firstIndex(of: "-"),
-                dash + 1 < fields.count
-            else { continue }
-            return fields[dash + 1]
-        }
-        return nil
-    }
+    static func fsType(at path: String) -> String? { MountinfoEntry.current().first { $0.mountpoint == path }?.fsType }
 
     static func isMounted(_ path: String) -> Bool { mountpoints().contains(path) }
 
     static func anyMount(under dir: String) -> Bool {
         mountpoints().contains { $0 == dir || $0.hasPrefix(dir + "/") }
-    }
-
-    private static func decode(_ s: String) -> String {
-        var out = "", chars = Array(s), i = 0
-        while i < chars.count {
-            if chars[i] == "\\", i + 3 < chars.count, let v = UInt8(String(chars[(i + 1)...(i + 3)]), radix: 8) {
-                out.append(Character(UnicodeScalar(v))); i += 4
-            } else {
-                out.append(chars[i]); i += 1
-            }
-        }
-        return out
     }
 }
 

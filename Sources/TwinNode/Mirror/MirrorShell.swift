@@ -500,7 +500,7 @@ public final class MirrorShell: @unchecked Sendable {
             do {
                 let image = LocationImage(version: Self.storeVersion(version), bytes: payload.bytes)
                 let stored = try volume.mirrorApply(location, image, force: !onlyIfNewer,
-                                                    replacingEqual: !tornSuspects.isEmpty && tornSuspects.contains(location))
+                                                    replacingEqual: tornSuspects.contains(location))
                 tornSuspects.remove(location)
                 if stored == image.version { checksums.stored(location, image) }
                 invalidate?(location.ino)

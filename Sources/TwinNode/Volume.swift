@@ -67,6 +67,8 @@ public final class Volume: @unchecked Sendable {
     private var openCounts: [UInt64: Int] = [:]
     private var handles: [UInt64: OpenFile] = [:]
     private var nextHandle: UInt64 = 1
+    /// Unpaired overwrites recorded in memory, not in a transaction each (FastWrites.swift).
+    var fastWrites = FastWrites()
 
     /// fdatasync needs the WAL flushed only when what a later read depends on changed: the inode's existence or
     /// size (the data file's own blocks are its fdatasync's business; times and versions wait for fsync). Inode ->
@@ -96,7 +98,10 @@ public final class Volume: @unchecked Sendable {
     /// must have stopped before. The volume is unusable afterwards.
     public func shutDown() throws {
         backgroundGate.close()
-        try lock.withLock { try store.close() }
+        try lock.withLock {
+            if !fastWrites.isEmpty { try settleFastWrites() }
+            try store.close()
+        }
     }
 
     public init(store: Store) {
@@ -113,8 +118,24 @@ public final class Volume: @unchecked Sendable {
     // MARK: helpers (call with `lock` held)
 
     private func record(_ ino: UInt64) throws -> InodeRecord {
-        guard let r = try store.inode(ino) else { throw FSError.notFound }
+        guard let r = try currentRecord(ino) else { throw FSError.notFound }
         return r
+    }
+
+    /// The inode's record as a stat must show it: with what fast writes keep in memory.
+    private func currentRecord(_ ino: UInt64) throws -> InodeRecord? {
+        try store.inode(ino).map { try fastWrites.current($0, in: store) }
+    }
+
+    /// Ends every fast-write entry in a transaction of its own (lock held).
+    private func settleFastWrites() throws {
+        do {
+            try store.database.transaction { try store.settle(fastWrites) }
+            fastWrites.mutationCommitted()
+        } catch {
+            fastWrites.mutationRolledBack()
+            throw error
+        }
     }
 
     private func directory(_ ino: UInt64) throws -> InodeRecord {
@@ -135,15 +156,27 @@ public final class Volume: @unchecked Sendable {
         lastMutationNs.store(MirrorShell.monotonicNs(), ordering: .relaxed)
         return try guarded(plan) { try lock.withLock {
             defer { store.database.releaseStatements() }
+            // Every mutation first settles the fast writes' entries (FastWrites.swift): its body reads exact
+            // records, and what it changes reaches the WAL before an fsync may skip it.
             do {
-                if freesSpace {
-                    return try store.withReserveOnFullDisk { try store.database.transaction(body) }
-                }
-                return try store.database.transaction(body)
+                let result = try freesSpace
+                    ? store.withReserveOnFullDisk { try store.database.transaction { try settlingFirst(body) } }
+                    : store.database.transaction { try settlingFirst(body) }
+                fastWrites.mutationCommitted()
+                return result
             } catch let error as SQLiteError {
+                fastWrites.mutationRolledBack()
                 throw FSError.fromSQLite(error)
+            } catch {
+                fastWrites.mutationRolledBack()
+                throw error
             }
         } }
+    }
+
+    private func settlingFirst<T>(_ body: () throws -> T) throws -> T {
+        if !fastWrites.isEmpty { try store.settle(fastWrites) }
+        return try body()
     }
 
     func query<T>(plan: () throws -> Plan = { Plan() }, _ body: () throws -> T) throws -> T {
@@ -775,7 +808,7 @@ public final class Volume: @unchecked Sendable {
             if r.atime <= r.mtime || r.atime <= r.ctime || now.nanoseconds - r.atime.nanoseconds > Self.relatimeWindowNs {
                 r.atime = now
                 // Best effort: a read must never fail because its access time could not be recorded (full disk).
-                try? store.updateInode(r)
+                if (try? store.updateInode(r)) != nil { fastWrites.noteCommit(r.ino, store.commitCount) }
             }
             return (f.fd, count)
         }
@@ -793,12 +826,18 @@ public final class Volume: @unchecked Sendable {
     /// Records a completed write of `count` bytes at `offset`: size, times, versions of the inode and its tracks.
     public func didWrite(handle: UInt64, offset: UInt64, count: Int, caller: Caller? = nil) throws {
         guard count > 0 else { return }
+        let recorded = lock.withLock {
+            guard mirror == nil, let f = handles[handle] else { return false }
+            return fastWrites.record(ino: f.ino, offset: offset, count: UInt64(count), trackBytes: trackBytes)
+        }
+        if recorded { return }
         var modeChanged: UInt64?
         defer { if let ino = modeChanged { kernelAttributesChanged?(ino) } }
         try mutate {
             let f = try file(handle)
             var r = try record(f.ino)
             let end = offset + UInt64(count)
+            let sizeBefore = r.size
             if end > r.size {
                 r.size = end
                 noteShapeChange(r.ino)
@@ -811,6 +850,11 @@ public final class Volume: @unchecked Sendable {
             r.allocatedBlocks = Store.allocatedBlocks(ofOpenFile: f.fd)
             try store.stampTracks(ino: f.ino, tracks: (offset / trackBytes)...((end - 1) / trackBytes))
             try store.updateInode(r)
+            if mirror == nil, fastWrites.mayBegin(after: r, sizeBefore: sizeBefore, end: end) {
+                // The next overwrites of this file may skip their transactions (this one's commit is the entry's).
+                try store.markUnsettled(r.ino)
+                fastWrites.begin(r, commit: store.commitCount + 1)
+            }
         }
     }
 
@@ -819,6 +863,18 @@ public final class Volume: @unchecked Sendable {
     /// flush covers both; otherwise the two flushes run at once. fdatasync suffices for the data file even for
     /// fsync(2): the file's attributes live in SQLite, not in the data file's inode.
     public func fsync(handle: UInt64?, ino: UInt64, dataOnly: Bool) throws {
+        let alone: Int32? = lock.withLock {
+            guard let handle, let f = handles[handle], f.ino == ino,
+                fastWrites.fsyncAlone(ino, durableCommits: walSyncer.durableCommits.load(ordering: .acquiring))
+            else { return nil }
+            return f.fd
+        }
+        if let fd = alone {
+            // Everything the store holds for this inode is durable but what the fast writes keep in memory, and
+            // recovery takes that from the data file: its fsync (its mtime included) is the whole job.
+            if (dataOnly ? twin_fdatasync(fd) : Glibc.fsync(fd)) != 0 { throw FSError.fromErrno() }
+            return
+        }
         let (fd, needsMetadata): (Int32?, Bool) = try query {
             (try handle.map { try file($0).fd }, !dataOnly || mirror != nil || dataSyncNeedsMetadata(ino))
         }
@@ -827,6 +883,8 @@ public final class Volume: @unchecked Sendable {
             if let fd, twin_fdatasync(fd) != 0 { throw FSError.fromErrno() }
             return
         }
+        // Counted before the check: these commits' frames lie in blocks the check finds covered.
+        let commits = store.commitCount
         if let fd, store.walWriteOutSuffices {
             // One device flush for both files: the WAL's pages reach the device (written, not flushed) before
             // the data file's fdatasync flushes it. Both start writing at once so their I/O overlaps.
@@ -834,6 +892,7 @@ public final class Volume: @unchecked Sendable {
             _ = twin_start_write_out(fd)
             try store.writeOutWAL()
             if twin_fdatasync(fd) != 0 { throw FSError.fromErrno() }
+            walSyncer.noteDurable(commits)
             try flushToPeer(ino)
             return
         }
@@ -927,12 +986,12 @@ public final class Volume: @unchecked Sendable {
             if offset < 1 { out.append(DirectoryListing(name: Array(".".utf8), record: dir, nextOffset: 1)) }
             if offset < 2 {
                 let parentIno = ino == InodeRecord.rootIno ? ino : (try store.parent(ofDirectory: ino) ?? ino)
-                let parentRecord = try store.inode(parentIno) ?? dir
+                let parentRecord = try currentRecord(parentIno) ?? dir
                 out.append(DirectoryListing(name: Array("..".utf8), record: parentRecord, nextOffset: 2))
             }
             let entries = try store.entries(parent: ino, after: max(offset - 2, 0), limit: max(limit - out.count, 1))
             for e in entries {
-                guard let r = try store.inode(e.ino) else {
+                guard let r = try currentRecord(e.ino) else {
                     // Mirrored: the peer's new inode is named here before its record arrives (the record is
                     // pulled on lookup). Its kind is not known yet, which readdir may say (DT_UNKNOWN).
                     if mirror != nil && !plus { out.append(DirectoryListing(name: e.name, record: InodeRecord(unknownKind: e.ino), nextOffset: e.cookie + 2)) }

@@ -32,6 +32,18 @@ final class WALSyncer: @unchecked Sendable {
     }
 
 
+    /// Every commit up to `commits` is durable (this thread's flush, or an fsync's one-flush write-out). Never
+    /// lowers the count: the two paths finish in any order.
+    func noteDurable(_ commits: UInt64) {
+        var known = durableCommits.load(ordering: .acquiring)
+        while known < commits {
+            let (exchanged, original) = durableCommits.compareExchange(
+                expected: known, desired: commits, ordering: .acquiringAndReleasing)
+            if exchanged { return }
+            known = original
+        }
+    }
+
     /// Asks for a flush of everything committed so far; returns a ticket to wait on.
     func begin() -> UInt64 {
         pthread_mutex_lock(&mutex)
@@ -66,7 +78,7 @@ final class WALSyncer: @unchecked Sendable {
                 do {
                     try store.syncMetadata()
                     flushedCommits = commits
-                    durableCommits.store(commits, ordering: .releasing)
+                    noteDurable(commits)
                     flushes.add(1, ordering: .relaxed)
                 } catch {
                     failure = (error as? FSError) ?? .io

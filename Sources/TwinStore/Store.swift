@@ -23,7 +23,7 @@ public final class Store {
     public let identity: StoreIdentity
     public let database: SQLiteDatabase
     private let lockFD: Int32
-    private let dataDirFD: Int32
+    let dataDirFD: Int32
     private let nursery: Nursery
     private var walFD: Int32 = -1
     let walDurability: WALDurability
@@ -243,6 +243,7 @@ public final class Store {
                 try store.loadCounters()
                 try store.prepareMirrorState()
                 try store.prepareChecksums()
+                try store.prepareUnsettled()
                 try store.removeOrphans()
                 store.emptyTrash()
                 Nursery.clearLeftovers(dataDirFD: dataDirFD)
@@ -438,6 +439,7 @@ public final class Store {
         try database.statement("DELETE FROM inodes WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM xattrs WHERE ino = ?").bind(.u64(ino)).run()
         try database.statement("DELETE FROM tracks WHERE ino = ?").bind(.u64(ino)).run()
+        try markSettled(ino)
         if !dataFileMoved { try moveDataToTrash(ino) }
     }
 

@@ -44,6 +44,7 @@ extension Volume {
 
     func attach(_ mirror: MirrorShell) {
         lock.withLock {
+            precondition(fastWrites.isEmpty, "a volume takes its mirror before any write")
             self.mirror = mirror
             store.mirrored = true
         }

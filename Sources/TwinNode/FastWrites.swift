@@ -1,0 +1,106 @@
+// FastWrites: overwrites of an unpaired store's open file without a transaction each. A write that changes no
+// size, no mode and no xattr changes only the file's times, its allocation and its tracks' versions; after the
+// first such write committed the inode as unsettled (TwinStore/Unsettled.swift), the next ones keep those in
+// memory, and a store reopened after a kill -9 rebuilds them from the data file. Every mutation settles every
+// entry first (writes them to SQLite and ends them), so a mutation's body always reads an exact record.
+// Owns: the in-memory entries and the rules for taking the fast path. Never: paired volumes (a mirrored write
+// needs its versions committed before the peer may ask for them), size changes, SQLite.
+import Glibc
+import TwinStore
+
+struct FastWrites {
+    struct Entry {
+        /// The last commit that changed this inode's record other than through this entry. Once it is durable,
+        /// fsync needs the data file alone: whatever the entry holds comes back from it.
+        var exactCommit: UInt64
+        /// Only a mutation changes the size, and every mutation ends every entry.
+        let size: UInt64
+        /// Tracks written since the entry was last settled.
+        var tracks: Set<UInt64> = []
+    }
+
+    private(set) var entries: [UInt64: Entry] = [:]
+    /// Entries begun inside the running mutation's transaction: they exist only once it commits.
+    private var begun: [UInt64: Entry] = [:]
+
+    static let maxInodes = 1_024
+    static let maxTracksPerInode = 4_096
+
+    var isEmpty: Bool { entries.isEmpty }
+
+    /// The record as a stat must show it. Times and allocation come from the data file (Store.withDataFileChanges),
+    /// not from a stat per write: a stat of the data file makes the kernel stamp its next write with a fine
+    /// timestamp, whose change then costs the data file's fsync a journal commit.
+    func current(_ record: InodeRecord, in store: Store) throws -> InodeRecord {
+        guard entries[record.ino] != nil else { return record }
+        return try store.withDataFileChanges(record)
+    }
+
+    /// Whether a write of `count` bytes at `offset` may take the fast path; if so the entry now holds it.
+    mutating func record(ino: UInt64, offset: UInt64, count: UInt64, trackBytes: UInt64) -> Bool {
+        guard var e = entries[ino], count > 0, offset + count <= e.size else { return false }
+        let tracks = (offset / trackBytes)...((offset + count - 1) / trackBytes)
+        guard e.tracks.count + tracks.count <= Self.maxTracksPerInode else { return false }
+        e.tracks.formUnion(tracks)
+        entries[ino] = e
+        return true
+    }
+
+    /// Whether the slow write that just made `record` exact (in the running transaction) may begin an entry.
+    func mayBegin(after record: InodeRecord, sizeBefore: UInt64, end: UInt64) -> Bool {
+        let setID = record.mode & UInt32(S_ISUID) != 0
+            || (record.mode & UInt32(S_ISGID) != 0 && record.mode & UInt32(S_IXGRP) != 0)
+        return end <= sizeBefore && record.kind == .regular && record.nlink > 0 && !setID
+            && begun.count < Self.maxInodes
+    }
+
+    mutating func begin(_ record: InodeRecord, commit: UInt64) {
+        begun[record.ino] = Entry(exactCommit: commit, size: record.size)
+    }
+
+    /// A commit changed `ino`'s record outside the entry (an access time): fsync must wait for it again.
+    mutating func noteCommit(_ ino: UInt64, _ commit: UInt64) {
+        entries[ino]?.exactCommit = commit
+    }
+
+    /// The running mutation committed: the entries it settled are over, those it began start.
+    mutating func mutationCommitted() {
+        entries = begun
+        begun = [:]
+    }
+
+    mutating func mutationRolledBack() {
+        begun = [:]
+    }
+
+    /// The data file fsync may use alone for `ino`, given the commits the WAL made durable.
+    func fsyncAlone(_ ino: UInt64, durableCommits: UInt64) -> Bool {
+        guard let e = entries[ino] else { return false }
+        return e.exactCommit <= durableCommits
+    }
+}
+
+extension Store {
+    /// Writes every entry's times, allocation and track versions into its record and marks it settled (call
+    /// inside a transaction; the entries end only if it commits).
+    func settle(_ fast: FastWrites) throws {
+        for (ino, e) in fast.entries {
+            try markSettled(ino)
+            guard let stored = try inode(ino) else { continue }
+            var r = try withDataFileChanges(stored)
+            var tracks = e.tracks.sorted()[...]
+            while let first = tracks.first {
+                var last = first
+                tracks = tracks.dropFirst()
+                while tracks.first == last + 1 {
+                    last += 1
+                    tracks = tracks.dropFirst()
+                }
+                try stampTracks(ino: ino, tracks: first...last)
+            }
+            guard r != stored || !e.tracks.isEmpty else { continue }
+            r.version = try version(for: .inode(ino))
+            try updateInode(r)
+        }
+    }
+}

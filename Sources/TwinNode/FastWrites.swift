@@ -1,8 +1,9 @@
 // FastWrites: overwrites of an unpaired store's open file without a transaction each. A write that changes no
 // size, no mode and no xattr changes only the file's times, its allocation and its tracks' versions; after the
-// first such write committed the inode as unsettled (TwinStore/Unsettled.swift), the next ones keep those in
-// memory, and a store reopened after a kill -9 rebuilds them from the data file. Every mutation settles every
-// entry first (writes them to SQLite and ends them), so a mutation's body always reads an exact record.
+// first such write committed the inode as unsettled (TwinStore/Unsettled.swift), the next ones only note their
+// tracks here. Times and allocation stay in the data file, where the kernel put them at the write, and a stat
+// reads them from there; a store reopened after a kill -9 rebuilds the rest from the data file. Every mutation
+// settles every entry first (writes it to SQLite and ends it), so a mutation's body always reads an exact record.
 // Owns: the in-memory entries and the rules for taking the fast path. Never: paired volumes (a mirrored write
 // needs its versions committed before the peer may ask for them), size changes, SQLite.
 import Glibc

@@ -24,8 +24,15 @@ struct FastWrites {
     /// Entries begun inside the running mutation's transaction: they exist only once it commits.
     private var begun: [UInt64: Entry] = [:]
 
+    /// Tracks noted over all entries. Bounds the memory (a few MiB at most); a write past it takes the slow
+    /// path, whose mutation settles everything.
+    private(set) var trackCount = 0
+    let maxTracks: Int
     static let maxInodes = 1_024
-    static let maxTracksPerInode = 4_096
+
+    init(maxTracks: Int = 65_536) {
+        self.maxTracks = maxTracks
+    }
 
     var isEmpty: Bool { entries.isEmpty }
 
@@ -41,8 +48,8 @@ struct FastWrites {
     mutating func record(ino: UInt64, offset: UInt64, count: UInt64, trackBytes: UInt64) -> Bool {
         guard var e = entries[ino], count > 0, offset + count <= e.size else { return false }
         let tracks = (offset / trackBytes)...((offset + count - 1) / trackBytes)
-        guard e.tracks.count + tracks.count <= Self.maxTracksPerInode else { return false }
-        e.tracks.formUnion(tracks)
+        guard trackCount + tracks.count <= maxTracks else { return false }
+        for t in tracks where e.tracks.insert(t).inserted { trackCount += 1 }
         entries[ino] = e
         return true
     }
@@ -68,6 +75,7 @@ struct FastWrites {
     mutating func mutationCommitted() {
         entries = begun
         begun = [:]
+        trackCount = 0
     }
 
     mutating func mutationRolledBack() {

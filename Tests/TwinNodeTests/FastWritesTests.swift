@@ -127,6 +127,21 @@ final class FastWritesTests: VolumeTestCase {
         XCTAssertEqual(byte, 9)
     }
 
+    func testTheTracksHeldInMemoryAreBoundedAndTheWritePastTheBoundSettles() throws {
+        let v = try XCTUnwrap(volume)
+        v.fastWrites = FastWrites(maxTracks: 3)
+        let (ino, handle) = try fileWithEntry(v)
+        defer { v.release(handle) }
+        let commits = v.store.commitCount
+        for track in [0, 1, 0, 2] { try write(v, handle, at: track * trackBytes) }
+        XCTAssertEqual(v.fastWrites.trackCount, 3, "a track written twice is held once")
+        XCTAssertEqual(v.store.commitCount, commits)
+        try write(v, handle, at: 3 * trackBytes)
+        XCTAssertEqual(v.store.commitCount, commits + 1, "the fourth track: the write commits, settling the rest")
+        XCTAssertEqual(v.fastWrites.trackCount, 0)
+        XCTAssertEqual(try v.store.unsettledInodes(), [ino], "and begins a new entry")
+    }
+
     func testASetIDFileNeverTakesTheFastPath() throws {
         let v = try XCTUnwrap(volume)
         let (r, handle) = try v.create(parent: InodeRecord.rootIno, name: Array("s".utf8), mode: 0o4755, flags: O_RDWR, caller: Caller(uid: 0, gid: 0))

@@ -23,6 +23,9 @@ struct FastWrites {
     private(set) var entries: [UInt64: Entry] = [:]
     /// Entries begun inside the running mutation's transaction: they exist only once it commits.
     private var begun: [UInt64: Entry] = [:]
+    /// Entries the running mutation settled, kept until it commits (they come back if it rolls back). While a
+    /// mutation runs they are not in `entries`: its body reads the records exactly as it writes them.
+    private var settling: (entries: [UInt64: Entry], trackCount: Int)?
 
     /// Tracks noted over all entries. Bounds the memory (a few MiB at most); a write past it takes the slow
     /// path, whose mutation settles everything.
@@ -71,15 +74,38 @@ struct FastWrites {
         entries[ino]?.exactCommit = commit
     }
 
-    /// The running mutation committed: the entries it settled are over, those it began start.
-    mutating func mutationCommitted() {
-        entries = begun
-        begun = [:]
+    /// Writes every entry's times, allocation and track versions into its record and marks it settled (inside
+    /// the running mutation's transaction); the entries end only if it commits.
+    mutating func settle(in store: Store) throws {
+        precondition(settling == nil, "one settle per attempt")
+        try store.settle(entries)
+        settling = (entries, trackCount)
+        entries = [:]
         trackCount = 0
     }
 
-    mutating func mutationRolledBack() {
+    /// The running mutation committed: the entries it settled are over, those it began start.
+    mutating func mutationCommitted() {
+        precondition(entries.isEmpty || settling == nil, "a settle leaves no entry behind")
+        entries.merge(begun) { _, new in new }
         begun = [:]
+        settling = nil
+        trackCount = entries.values.reduce(0) { $0 + $1.tracks.count }
+    }
+
+    /// A mutation's transaction starts (again: Store.withReserveOnFullDisk retries one that found the disk
+    /// full): what an earlier attempt settled or began was rolled back with it.
+    mutating func attemptBegins() {
+        mutationRolledBack()
+    }
+
+    mutating func mutationRolledBack() {
+        if let settling {
+            entries = settling.entries
+            trackCount = settling.trackCount
+        }
+        begun = [:]
+        settling = nil
     }
 
     /// The data file fsync may use alone for `ino`, given the commits the WAL made durable.
@@ -90,10 +116,8 @@ struct FastWrites {
 }
 
 extension Store {
-    /// Writes every entry's times, allocation and track versions into its record and marks it settled (call
-    /// inside a transaction; the entries end only if it commits).
-    func settle(_ fast: FastWrites) throws {
-        for (ino, e) in fast.entries {
+    fileprivate func settle(_ entries: [UInt64: FastWrites.Entry]) throws {
+        for (ino, e) in entries {
             try markSettled(ino)
             guard let stored = try inode(ino) else { continue }
             var r = try withDataFileChanges(stored)

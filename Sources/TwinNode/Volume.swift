@@ -130,7 +130,7 @@ public final class Volume: @unchecked Sendable {
     /// Ends every fast-write entry in a transaction of its own (lock held).
     private func settleFastWrites() throws {
         do {
-            try store.database.transaction { try store.settle(fastWrites) }
+            try store.database.transaction { try fastWrites.settle(in: store) }
             fastWrites.mutationCommitted()
         } catch {
             fastWrites.mutationRolledBack()
@@ -175,7 +175,8 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func settlingFirst<T>(_ body: () throws -> T) throws -> T {
-        if !fastWrites.isEmpty { try store.settle(fastWrites) }
+        fastWrites.attemptBegins()
+        if !fastWrites.isEmpty { try fastWrites.settle(in: store) }
         return try body()
     }
 

@@ -93,6 +93,24 @@ final class FastWritesTests: VolumeTestCase {
         XCTAssertTrue(v.fastWrites.isEmpty)
     }
 
+    func testAMutationThatFailsLeavesTheEntriesAsTheyWere() throws {
+        let v = try XCTUnwrap(volume)
+        let (ino, handle) = try fileWithEntry(v)
+        defer { v.release(handle) }
+        try write(v, handle, at: 2 * trackBytes)
+        XCTAssertThrowsError(try v.mkdir(parent: InodeRecord.rootIno, name: Array("f".utf8), mode: 0o755, caller: user))
+        XCTAssertEqual(try v.store.unsettledInodes(), [ino], "the settle rolled back with the mkdir")
+        XCTAssertEqual(v.fastWrites.trackCount, 1, "track 2 is still held")
+        let commits = v.store.commitCount
+        try write(v, handle, at: 0)
+        XCTAssertEqual(v.store.commitCount, commits, "the entry still takes overwrites")
+        var touch = AttributeChanges()
+        touch.mtime = .value(Timestamp(seconds: 978_307_200, nanos: 0))
+        XCTAssertEqual(try v.setattr(ino, touch, handle: handle, caller: user).mtime.seconds, 978_307_200)
+        XCTAssertEqual(try v.getattr(ino).mtime.seconds, 978_307_200, "a touch after the overwrites holds")
+        XCTAssertGreaterThan(try XCTUnwrap(try v.store.trackVersion(ino: ino, index: 2)), 0)
+    }
+
     func testAStoreOpenedAfterTheDaemonDiedRebuildsWhatOnlyMemoryHeld() throws {
         let v = try XCTUnwrap(volume)
         let (ino, handle) = try fileWithEntry(v)

@@ -6,7 +6,7 @@
 import json, os, statistics, sys
 
 res = sys.argv[1]
-targets = ["plain", "passthrough_ll", "twinfs"]
+targets = ["plain", "passthrough_ll", "twinfs", "passthrough_ll_dp"]
 
 # (label, unit, source, extractor, target ratio vs passthrough_ll or None)
 def fio(section, kind, field):
@@ -62,6 +62,18 @@ if n_rounds:
         met = "-" if target is None or ratio is None else ("yes" if ratio >= target else "NO")
         print(f"| {label:<22} | {unit:<5} | {fmt(v['plain']):>10} | {fmt(v['passthrough_ll']):>14} | {fmt(v['twinfs']):>10} | "
               f"{(f'{ratio:.2f}x' if ratio else '-'):>6} | {(f'{target}x' if target else ''):>6} | {met:<3} |")
+
+if n_rounds and rounds["passthrough_ll_dp"]:
+    print("\nmeta.py against passthrough_ll -o default_permissions (the option twinfs mounts with; the table's reference runs without it)\n")
+    print(f"| {'measure':<22} | {'unit':<5} | {'pt_ll + dp':>10} | {'pt_ll+dp / pt_ll':>16} | {'twinfs / pt_ll+dp':>17} |")
+    print(f"|{'-'*24}|{'-'*7}|{'-'*12}|{'-'*18}|{'-'*19}|")
+    for label, unit, get, target, scale in rows:
+        if not label.startswith(("create", "stat", "unlink")): continue
+        v = {t: median(t, get, scale) for t in targets}
+        dp = v["passthrough_ll_dp"]
+        own = dp / v["passthrough_ll"] if dp and v["passthrough_ll"] else None
+        tw = v["twinfs"] / dp if dp and v["twinfs"] else None
+        print(f"| {label:<22} | {unit:<5} | {fmt(dp):>10} | {(f'{own:.2f}x' if own else '-'):>16} | {(f'{tw:.2f}x' if tw else '-'):>17} |")
 
 rss_path = os.path.join(res, "rss.json")
 if os.path.exists(rss_path):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Tests/Benchmarks/run.sh: twinfs against a plain directory and libfuse's C passthrough_ll, in the same run,
-# with ../shared/bench (fio job set + meta.py), then daemon memory with 100,000 files in the store.
+# with ../shared/bench (fio job set + meta.py), then daemon memory with 100,000 files in the store. meta.py also
+# runs against passthrough_ll with `-o default_permissions`, the option twinfs mounts with (issue 2 requires it):
+# what that option alone costs the reference's metadata rates.
 # Not part of `swift test`: a benchmark, not a timed test. Needs root (drops caches, mounts), fio, cc,
 # libfuse3-dev, python3 and about 4 GiB free under $BENCH_DIR.
 #
@@ -64,11 +66,11 @@ wait_mounted() {  # passthrough_ll has no readiness signal: watch the mount tabl
   die "$1 did not get mounted"
 }
 
-mount_passthrough() {
-  mkdir -p "$BENCH_DIR/pt-src" "$BENCH_DIR/pt-mnt"
-  "$BENCH_DIR/bin/passthrough_ll" -f -o source="$BENCH_DIR/pt-src" "$BENCH_DIR/pt-mnt" 2> "$BENCH_DIR/pt.log" &
-  PT_PID=$!; PIDS+=("$PT_PID"); MOUNTS+=("$BENCH_DIR/pt-mnt")
-  wait_mounted "$BENCH_DIR/pt-mnt"
+mount_passthrough() {  # NAME [OPTIONS]: mounts $BENCH_DIR/NAME-mnt over $BENCH_DIR/NAME-src; sets PT_PID
+  mkdir -p "$BENCH_DIR/$1-src" "$BENCH_DIR/$1-mnt"
+  "$BENCH_DIR/bin/passthrough_ll" -f -o source="$BENCH_DIR/$1-src${2:+,$2}" "$BENCH_DIR/$1-mnt" 2> "$BENCH_DIR/$1.log" &
+  PT_PID=$!; PIDS+=("$PT_PID"); MOUNTS+=("$BENCH_DIR/$1-mnt")
+  wait_mounted "$BENCH_DIR/$1-mnt"
 }
 
 # twinfs mount -f prints `twinfs: ready MNT` once live; wait for that line (bounded).
@@ -93,7 +95,10 @@ unmount_and_wait() {  # MNT PID
 # --- the job set, against all three targets in one run ---------------------------------------------------
 if [[ " $SKIP " != *" jobs "* ]]; then
   mkdir -p "$BENCH_DIR/plain"
-  mount_passthrough
+  mount_passthrough pt
+  PT_PLAIN_PID=$PT_PID
+  mount_passthrough ptdp default_permissions
+  PT_DP_PID=$PT_PID
   "$TWINFS" init "$BENCH_DIR/store" --node bench > /dev/null
   mount_twinfs "$BENCH_DIR/store" "$BENCH_DIR/tw-mnt"
   echo "== kernel $(uname -r), $(nproc) cores, twinfs $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -107,8 +112,15 @@ if [[ " $SKIP " != *" jobs "* ]]; then
       echo "== round $round: $target ($dir)"
       bash "$SHARED_BENCH/run_target.sh" "$dir" "$RESULTS/$target.$round" | sed 's/^/   /'
     done
+    echo "== round $round: passthrough_ll -o default_permissions, meta.py only ($BENCH_DIR/ptdp-mnt)"
+    mkdir -p "$RESULTS/passthrough_ll_dp.$round"
+    rc=0
+    python3 "$SHARED_BENCH/meta.py" "$BENCH_DIR/ptdp-mnt" 10000 > "$RESULTS/passthrough_ll_dp.$round/meta.json" \
+      2> "$RESULTS/passthrough_ll_dp.$round/meta.err" || rc=$?
+    echo "   meta rc=$rc"
   done
-  unmount_and_wait "$BENCH_DIR/pt-mnt" "$PT_PID"
+  unmount_and_wait "$BENCH_DIR/pt-mnt" "$PT_PLAIN_PID"
+  unmount_and_wait "$BENCH_DIR/ptdp-mnt" "$PT_DP_PID"
   unmount_and_wait "$BENCH_DIR/tw-mnt" "$TW_PID"
 fi
 

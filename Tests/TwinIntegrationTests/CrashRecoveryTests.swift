@@ -1,5 +1,5 @@
-// kill -9 of the daemon in the middle of a write workload (creates, writes, fsyncs, atomic-save renames,
-// unlinks, from several threads), then: the dead mount removed by path, the store mounted again without
+// kill -9 of the daemon in the middle of a write workload (creates, writes, overwrites, fsyncs, atomic-save
+// renames, unlinks, from several threads), then: the dead mount removed by path, the store mounted again without
 // repair, and every operation whose call had returned is there. Several rounds, each killing at a
 // different point, and each check covers all earlier rounds too.
 // Never: count an operation as done before its call returned, or demand anything of the one in flight.
@@ -52,8 +52,9 @@ final class CrashRecoveryTests: MountingTestCase {
         return rng.bytes(length)
     }
 
-    /// One writer: in its own directory, builds files as tmp.N (create, several writes, sometimes fsync),
-    /// renames each to final.N, and unlinks some older finals. Stops at the first error (the daemon died).
+    /// One writer: in its own directory, builds files as tmp.N (create, several writes, sometimes fsync, then
+    /// sometimes overwrites of earlier chunks in place: the fast path of FastWrites), renames each to final.N,
+    /// and unlinks some older finals. Stops at the first error (the daemon died).
     static func writer(root: String, id: Int, round: Int, ledger: CrashLedger, stop: @escaping () -> Bool) {
         var rng = SplitMix64(seed: UInt64(round * 1000 + id))
         let dir = "\(root)/r\(round)w\(id)"
@@ -66,6 +67,7 @@ final class CrashRecoveryTests: MountingTestCase {
                 try ledger.perform(.create(tmp)) { fd = try Sys.open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0o644) }
                 defer { if fd >= 0 { close(fd) } }
                 var offset = 0
+                var written: [(offset: Int, length: Int)] = []
                 for _ in 0..<(1 + Int(rng.next() % 6)) {
                     let length = 1 + Int(rng.next() % 150_000)
                     let seed = rng.next()
@@ -73,8 +75,17 @@ final class CrashRecoveryTests: MountingTestCase {
                     try ledger.perform(.write(tmp, offset: offset, length: length, seed: seed)) {
                         try Sys.pwrite(fd, bytes, at: Int64(offset))
                     }
+                    written.append((offset, length))
                     offset += length + Int(rng.next() % 3) * 65_536  // sometimes leave a hole
                     if rng.next() % 5 == 0 { try Sys.fsync(fd) }
+                }
+                for _ in 0..<(rng.next() % 2 == 0 ? Int(rng.next() % 8) : 0) {
+                    let (at, length) = written[Int(rng.next() % UInt64(written.count))]
+                    let seed = rng.next()
+                    try ledger.perform(.write(tmp, offset: at, length: length, seed: seed)) {
+                        try Sys.pwrite(fd, chunk(seed: seed, length: length), at: Int64(at))
+                    }
+                    if rng.next() % 4 == 0 { try Sys.fsync(fd) }
                 }
                 close(fd); fd = -1
                 try ledger.perform(.rename(tmp, final)) { try Sys.rename(tmp, final) }
@@ -99,7 +110,10 @@ final class CrashRecoveryTests: MountingTestCase {
         for op in done {
             switch op {
             case .create(let p): files[p] = []; gone.remove(p)
-            case .write(let p, let o, let l, let s): files[p, default: []].append((o, l, s))
+            case .write(let p, let o, let l, let s):
+                // An overwrite covers exactly one earlier chunk: the newer bytes replace it.
+                files[p, default: []].removeAll { $0.offset == o }
+                files[p, default: []].append((o, l, s))
             case .rename(let a, let b): files[b] = files.removeValue(forKey: a); gone.insert(a); gone.remove(b)
             case .unlink(let p): files.removeValue(forKey: p); gone.insert(p)
             }
@@ -109,7 +123,9 @@ final class CrashRecoveryTests: MountingTestCase {
         switch inFlight {
         case .create(let p)?, .unlink(let p)?: uncertain.insert(p)
         case .rename(let a, let b)?: uncertain.formUnion([a, b])
-        case .write(let p, _, _, _)?: _ = p  // the chunk in flight is not in `files`; earlier chunks must be there
+        case .write(let p, let o, _, _)?:
+            // The chunk in flight is not in `files`; an earlier chunk it overwrites may hold old, new or mixed bytes.
+            files[p]?.removeAll { $0.offset == o }
         case nil: break
         }
         var problems: [String] = []

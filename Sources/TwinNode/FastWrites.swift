@@ -3,7 +3,8 @@
 // first such write committed the inode as unsettled (TwinStore/Unsettled.swift), the next ones only note their
 // tracks here. Times and allocation stay in the data file, where the kernel put them at the write, and a stat
 // reads them from there; a store reopened after a kill -9 rebuilds the rest from the data file. Every mutation
-// settles every entry first (writes it to SQLite and ends it), so a mutation's body always reads an exact record.
+// settles the entries first (writes them to SQLite and ends them; a write's mutation only its own file's), so a
+// mutation's body always reads exact records.
 // Owns: the in-memory entries and the rules for taking the fast path. Never: paired volumes (a mirrored write
 // needs its versions committed before the peer may ask for them), size changes, SQLite.
 import Glibc
@@ -62,7 +63,7 @@ struct FastWrites {
         let setID = record.mode & UInt32(S_ISUID) != 0
             || (record.mode & UInt32(S_ISGID) != 0 && record.mode & UInt32(S_IXGRP) != 0)
         return end <= sizeBefore && record.kind == .regular && record.nlink > 0 && !setID
-            && begun.count < Self.maxInodes
+            && entries.count + begun.count < Self.maxInodes
     }
 
     mutating func begin(_ record: InodeRecord, commit: UInt64) {
@@ -74,19 +75,20 @@ struct FastWrites {
         entries[ino]?.exactCommit = commit
     }
 
-    /// Writes every entry's times, allocation and track versions into its record and marks it settled (inside
-    /// the running mutation's transaction); the entries end only if it commits.
-    mutating func settle(in store: Store) throws {
+    /// Writes the entries' times, allocation and track versions into their records and marks them settled
+    /// (inside the running mutation's transaction); they end only if it commits. `only`: the one inode a write
+    /// changes (its mutation reads and changes no other record); nil: every entry.
+    mutating func settle(in store: Store, only: UInt64? = nil) throws {
         precondition(settling == nil, "one settle per attempt")
-        try store.settle(entries)
-        settling = (entries, trackCount)
-        entries = [:]
-        trackCount = 0
+        let ending = only.map { ino in entries.filter { $0.key == ino } } ?? entries
+        try store.settle(ending)
+        settling = (ending, trackCount)
+        for ino in ending.keys { entries[ino] = nil }
+        trackCount = entries.values.reduce(0) { $0 + $1.tracks.count }
     }
 
     /// The running mutation committed: the entries it settled are over, those it began start.
     mutating func mutationCommitted() {
-        precondition(entries.isEmpty || settling == nil, "a settle leaves no entry behind")
         entries.merge(begun) { _, new in new }
         begun = [:]
         settling = nil
@@ -101,7 +103,7 @@ struct FastWrites {
 
     mutating func mutationRolledBack() {
         if let settling {
-            entries = settling.entries
+            entries.merge(settling.entries) { _, settled in settled }
             trackCount = settling.trackCount
         }
         begun = [:]

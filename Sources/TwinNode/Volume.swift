@@ -152,16 +152,18 @@ public final class Volume: @unchecked Sendable {
     /// Runs `body` under the volume lock in one store transaction; SQLite failures become FSErrors.
     /// `freesSpace`: the operation gives space back (unlink, rmdir, rename over, truncate, removexattr), so on a
     /// full disk it may use the store's reserve to get its own transaction written.
-    func mutate<T>(freesSpace: Bool = false, plan: () throws -> Plan = { Plan() }, _ body: () throws -> T) throws -> T {
+    /// `changesOnly`: the one inode whose record the body reads and changes (a write), so only its fast-write
+    /// entry needs settling first; nil (every other operation): all of them.
+    func mutate<T>(freesSpace: Bool = false, changesOnly: UInt64? = nil, plan: () throws -> Plan = { Plan() }, _ body: () throws -> T) throws -> T {
         lastMutationNs.store(MirrorShell.monotonicNs(), ordering: .relaxed)
         return try guarded(plan) { try lock.withLock {
             defer { store.database.releaseStatements() }
-            // Every mutation first settles the fast writes' entries (FastWrites.swift): its body reads exact
-            // records, and what it changes reaches the WAL before an fsync may skip it.
+            // Every mutation first settles the fast writes' entries it may read or change (FastWrites.swift): its
+            // body reads exact records, and what it changes reaches the WAL before an fsync may skip it.
             do {
                 let result = try freesSpace
-                    ? store.withReserveOnFullDisk { try store.database.transaction { try settlingFirst(body) } }
-                    : store.database.transaction { try settlingFirst(body) }
+                    ? store.withReserveOnFullDisk { try store.database.transaction { try settlingFirst(changesOnly, body) } }
+                    : store.database.transaction { try settlingFirst(changesOnly, body) }
                 fastWrites.mutationCommitted()
                 return result
             } catch let error as SQLiteError {
@@ -174,9 +176,9 @@ public final class Volume: @unchecked Sendable {
         } }
     }
 
-    private func settlingFirst<T>(_ body: () throws -> T) throws -> T {
+    private func settlingFirst<T>(_ only: UInt64?, _ body: () throws -> T) throws -> T {
         fastWrites.attemptBegins()
-        if !fastWrites.isEmpty { try fastWrites.settle(in: store) }
+        if !fastWrites.isEmpty { try fastWrites.settle(in: store, only: only) }
         return try body()
     }
 
@@ -827,15 +829,17 @@ public final class Volume: @unchecked Sendable {
     /// Records a completed write of `count` bytes at `offset`: size, times, versions of the inode and its tracks.
     public func didWrite(handle: UInt64, offset: UInt64, count: Int, caller: Caller? = nil) throws {
         guard count > 0 else { return }
-        let recorded = lock.withLock {
-            guard mirror == nil, let f = handles[handle] else { return false }
-            return fastWrites.record(ino: f.ino, offset: offset, count: UInt64(count), trackBytes: trackBytes)
+        let (ino, recorded): (UInt64?, Bool) = lock.withLock {
+            guard let f = handles[handle] else { return (nil, false) }
+            guard mirror == nil else { return (f.ino, false) }
+            return (f.ino, fastWrites.record(ino: f.ino, offset: offset, count: UInt64(count), trackBytes: trackBytes))
         }
         if recorded { return }
         var modeChanged: UInt64?
         defer { if let ino = modeChanged { kernelAttributesChanged?(ino) } }
-        try mutate {
+        try mutate(changesOnly: ino) {
             let f = try file(handle)
+            guard f.ino == ino else { throw FSError.badHandle }
             var r = try record(f.ino)
             let end = offset + UInt64(count)
             let sizeBefore = r.size

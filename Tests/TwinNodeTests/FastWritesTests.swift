@@ -51,6 +51,25 @@ final class FastWritesTests: VolumeTestCase {
         XCTAssertEqual(try v.getattr(ino).size, UInt64(4 * trackBytes + 4096))
     }
 
+    func testFilesOverwrittenSideBySideEachKeepTheirEntry() throws {
+        let v = try XCTUnwrap(volume)
+        let (a, ha) = try fileWithEntry(v)
+        defer { v.release(ha) }
+        let (b, hb) = try v.create(parent: InodeRecord.rootIno, name: Array("g".utf8), mode: 0o644, flags: O_RDWR, caller: user)
+        defer { v.release(hb) }
+        XCTAssertTrue(v.fastWrites.isEmpty, "a create settles every entry")
+        try write(v, ha, at: 0)
+        try write(v, hb, at: 0, 8192)
+        try write(v, hb, at: 0)
+        XCTAssertEqual(Set(v.fastWrites.entries.keys), [a, b.ino], "a write's mutation settles only its own file")
+        let commits = v.store.commitCount
+        for i in 0..<20 { try write(v, i % 2 == 0 ? ha : hb, at: 0) }
+        XCTAssertEqual(v.store.commitCount, commits, "interleaved overwrites of two files commit nothing")
+        try write(v, hb, at: 8192)
+        XCTAssertEqual(Set(v.fastWrites.entries.keys), [a], "b grew: its entry ended, a's stayed")
+        XCTAssertEqual(try v.store.unsettledInodes(), [a])
+    }
+
     func testOnceTheEntrysCommitIsDurableFsyncNeedsTheDataFileAlone() throws {
         let v = try XCTUnwrap(volume)
         let (ino, handle) = try fileWithEntry(v)

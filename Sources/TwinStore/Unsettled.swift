@@ -1,5 +1,5 @@
 // Unsettled inodes: regular files whose overwrites TwinNode records in memory, not in a transaction each (its
-// fast write path, Volume+FastWrites.swift). A row here says "this inode's record may lag its data file: the
+// fast write path, TwinNode/FastWrites.swift). A row here says "this inode's record may lag its data file: the
 // times, the size of its allocation and the versions of the tracks written since"; everything else in the record
 // is exact. Owns: the `unsettled` table and the recovery of such inodes when a daemon died before settling them.
 // Never: decide when an inode may take the fast path (the volume's business), touch a settled inode.

@@ -120,22 +120,15 @@ struct FastWrites {
 extension Store {
     fileprivate func settle(_ entries: [UInt64: FastWrites.Entry]) throws {
         for (ino, e) in entries {
-            try markSettled(ino)
-            guard let stored = try inode(ino) else { continue }
-            var r = try withDataFileChanges(stored)
-            var tracks = e.tracks.sorted()[...]
-            while let first = tracks.first {
-                var last = first
-                tracks = tracks.dropFirst()
-                while tracks.first == last + 1 {
-                    last += 1
-                    tracks = tracks.dropFirst()
+            var runs: [ClosedRange<UInt64>] = []
+            for t in e.tracks.sorted() {
+                if let last = runs.last, last.upperBound + 1 == t {
+                    runs[runs.count - 1] = last.lowerBound...t
+                } else {
+                    runs.append(t...t)
                 }
-                try stampTracks(ino: ino, tracks: first...last)
             }
-            guard r != stored || !e.tracks.isEmpty else { continue }
-            r.version = try version(for: .inode(ino))
-            try updateInode(r)
+            try settle(ino, writtenTracks: runs)
         }
     }
 }

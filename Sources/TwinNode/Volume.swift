@@ -98,10 +98,9 @@ public final class Volume: @unchecked Sendable {
     /// must have stopped before. The volume is unusable afterwards.
     public func shutDown() throws {
         backgroundGate.close()
-        try lock.withLock {
-            if !fastWrites.isEmpty { try settleFastWrites() }
-            try store.close()
-        }
+        // An empty mutation settles what fast writes left in memory.
+        if lock.withLock({ !fastWrites.isEmpty }) { try mutate {} }
+        try lock.withLock { try store.close() }
     }
 
     public init(store: Store) {
@@ -125,17 +124,6 @@ public final class Volume: @unchecked Sendable {
     /// The inode's record as a stat must show it: with what fast writes keep in memory.
     private func currentRecord(_ ino: UInt64) throws -> InodeRecord? {
         try store.inode(ino).map { try fastWrites.current($0, in: store) }
-    }
-
-    /// Ends every fast-write entry in a transaction of its own (lock held).
-    private func settleFastWrites() throws {
-        do {
-            try store.database.transaction { try fastWrites.settle(in: store) }
-            fastWrites.mutationCommitted()
-        } catch {
-            fastWrites.mutationRolledBack()
-            throw error
-        }
     }
 
     private func directory(_ ino: UInt64) throws -> InodeRecord {

@@ -55,28 +55,36 @@ extension Store {
         return r
     }
 
-    /// Which tracks the lost entry held is not known: every track holding data gets a new version, so nothing
-    /// written can look older than it is.
-    func recoverUnsettled(_ ino: UInt64) throws {
+    /// Makes `ino`'s record exact again (call inside a transaction): times and allocation from the data file, a
+    /// new version for each range of `writtenTracks` and, if anything changed, for the record; the row goes.
+    public func settle(_ ino: UInt64, writtenTracks: [ClosedRange<UInt64>]) throws {
         try markSettled(ino)
         guard let stored = try inode(ino) else { return }
         var r = try withDataFileChanges(stored)
-        let fd = try openData(ino, create: false)
-        guard fd >= 0 else { return }
-        defer { Glibc.close(fd) }
-        let trackBytes = UInt64(identity.trackBytes)
-        let version = try nextVersion()
-        var offset: UInt64 = 0
-        while offset < r.size {
-            let start = lseek(fd, off_t(offset), twin_SEEK_DATA)
-            guard start >= 0, UInt64(start) < r.size else { break }  // ENXIO: no data past offset
-            let end = UInt64(max(lseek(fd, start, twin_SEEK_HOLE), start + 1))
-            let first = UInt64(start) / trackBytes
-            let last = (min(end, r.size) - 1) / trackBytes
-            if first <= last { try setTrackVersions(ino: ino, tracks: first...last, version: version) }
-            offset = end
-        }
-        r.version = try nextVersion()
+        for range in writtenTracks { try stampTracks(ino: ino, tracks: range) }
+        guard r != stored || !writtenTracks.isEmpty else { return }
+        r.version = try version(for: .inode(ino))
         try updateInode(r)
+    }
+
+    /// Which tracks the lost entry held is not known: every track holding data gets a new version, so nothing
+    /// written can look older than it is.
+    func recoverUnsettled(_ ino: UInt64) throws {
+        guard let record = try inode(ino) else { return try markSettled(ino) }
+        var holdingData: [ClosedRange<UInt64>] = []
+        let fd = try openData(ino, create: false)
+        if fd >= 0 {
+            defer { Glibc.close(fd) }
+            let trackBytes = UInt64(identity.trackBytes)
+            var offset: UInt64 = 0
+            while offset < record.size {
+                let start = lseek(fd, off_t(offset), twin_SEEK_DATA)
+                guard start >= 0, UInt64(start) < record.size else { break }  // ENXIO: no data past offset
+                let end = UInt64(max(lseek(fd, start, twin_SEEK_HOLE), start + 1))
+                holdingData.append((UInt64(start) / trackBytes)...((min(end, record.size) - 1) / trackBytes))
+                offset = end
+            }
+        }
+        try settle(ino, writtenTracks: holdingData)
     }
 }

@@ -8,13 +8,6 @@ import XCTest
 @testable import TwinStore
 
 final class DataSyncTests: VolumeTestCase {
-    private func write(_ v: Volume, _ handle: UInt64, at offset: UInt64, _ count: Int = 4096) throws {
-        let bytes = [UInt8](repeating: 7, count: count)
-        _ = try v.withWriteTarget(handle: handle, offset: offset, count: count, caller: user) { fd, position in
-            bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, count, off_t(position)) }
-        }
-    }
-
     /// WAL flushes made by one `fsync` of the file.
     private func walFlushes(_ v: Volume, _ handle: UInt64, _ ino: UInt64, dataOnly: Bool) throws -> UInt64 {
         let before = v.walSyncer.flushes.load(ordering: .acquiring)

@@ -11,13 +11,6 @@ import XCTest
 final class FastWritesTests: VolumeTestCase {
     private let trackBytes = 65_536
 
-    private func write(_ v: Volume, _ handle: UInt64, at offset: Int, _ count: Int = 4096, byte: UInt8 = 7) throws {
-        let bytes = [UInt8](repeating: byte, count: count)
-        _ = try v.withWriteTarget(handle: handle, offset: UInt64(offset), count: count, caller: user) { fd, position in
-            bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, count, off_t(position)) }
-        }
-    }
-
     /// A 256 KiB file (four tracks) whose first overwrite has begun its fast-write entry.
     private func fileWithEntry(_ v: Volume) throws -> (ino: UInt64, handle: UInt64) {
         let (r, handle) = try v.create(parent: InodeRecord.rootIno, name: Array("f".utf8), mode: 0o644, flags: O_RDWR, caller: user)
